@@ -1,0 +1,510 @@
+"""The paper's maze testbed: Prim's-algorithm mazes, BFS answers, and the path verifier.
+
+A maze is an odd ``size x size`` int8 grid whose cells (odd coordinates) are joined by carved
+passages. The start is (1, 1), the goal (size-2, size-2). The policy reads the grid as word tokens
+and must answer with moves that walk from START to GOAL; the reward is binary (MAXRL.md section 5).
+
+Grid codes: ``PATH`` (0) and ``WALL`` (1) are all that :func:`generate_maze` writes; a grid read
+back from a prompt also carries ``START`` (2) and ``GOAL`` (3) where the prompt puts them, because
+a hand-written prompt may place them anywhere. Every function below accepts either form: a grid
+without START/GOAL marks uses the fixed corners.
+
+Text (space-separated word tokens, one per vocabulary id of :func:`maxrl.models.maze_tokenizer`)::
+
+    prompt:  <bos> GRID_START WALL WALL ... NEWLINE ... NEWLINE GRID_END PATH_START
+    answer:  DOWN DOWN RIGHT RIGHT ... DONE          (the model then emits <eos>)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from maxrl.tasks.base import Item
+
+PATH, WALL, START, GOAL = 0, 1, 2, 3
+CELL_TOKENS = ("PATH", "WALL", "START", "GOAL")  # index = grid code
+_CELL_CODE = {tok: code for code, tok in enumerate(CELL_TOKENS)}
+
+# Moves in the BFS tie-break order of the paper: (row step, column step).
+MOVES = {"UP": (-1, 0), "DOWN": (1, 0), "LEFT": (0, -1), "RIGHT": (0, 1)}
+
+BOS, EOS = "<bos>", "<eos>"
+GRID_START, GRID_END, PATH_START, NEWLINE, DONE = (
+    "GRID_START",
+    "GRID_END",
+    "PATH_START",
+    "NEWLINE",
+    "DONE",
+)
+# The word vocabulary after the four special tokens, in id order (ids 4..16).
+MAZE_TOKENS = (
+    GRID_START,
+    GRID_END,
+    PATH_START,
+    "START",
+    "GOAL",
+    "WALL",
+    "PATH",
+    NEWLINE,
+    "UP",
+    "DOWN",
+    "LEFT",
+    "RIGHT",
+    DONE,
+)
+
+# Train maze seeds come from [seed_offset + _TRAIN_SEED_LOW, seed_offset + _TRAIN_SEED_HIGH);
+# test seeds count up from seed_offset and never reach that range (test_count < _TRAIN_SEED_LOW).
+_TRAIN_SEED_LOW, _TRAIN_SEED_HIGH = 2**40, 2**62
+
+
+def _check_size(size: int) -> None:
+    if not isinstance(size, (int, np.integer)) or size < 5 or size % 2 == 0:
+        raise ValueError(f"maze size must be an odd integer >= 5 (e.g. 9 or 17); got {size!r}")
+
+
+def generate_maze(size: int, seed: int) -> np.ndarray:
+    """A perfect maze (every open cell reachable, no cycles) by randomised Prim's algorithm.
+
+    The lattice of cells at odd coordinates grows from (1, 1) as a spanning tree: each step picks a
+    uniformly random frontier edge (tree cell -> neighbour two squares away) and, if the neighbour
+    is not yet in the tree, opens it and the wall square between. Deterministic in ``seed``.
+
+    Returns an int8 ``size x size`` array of ``PATH`` and ``WALL``.
+    """
+    _check_size(size)
+    n = (size - 1) // 2  # cells per side
+    rng = np.random.default_rng(seed)
+    # Each cell pushes at most 4 frontier edges, so 4 n^2 draws always suffice; drawing them in
+    # one call is an order of magnitude faster than one Generator call per step.
+    draws = rng.random(4 * n * n).tolist()
+    flat = [WALL] * (size * size)
+    in_tree = [False] * (n * n)
+    frontier: list[tuple[int, int]] = []
+
+    def grow(cell: int) -> None:
+        in_tree[cell] = True
+        i, j = divmod(cell, n)
+        flat[(2 * i + 1) * size + 2 * j + 1] = PATH
+        if i > 0 and not in_tree[cell - n]:
+            frontier.append((cell, cell - n))
+        if i < n - 1 and not in_tree[cell + n]:
+            frontier.append((cell, cell + n))
+        if j > 0 and not in_tree[cell - 1]:
+            frontier.append((cell, cell - 1))
+        if j < n - 1 and not in_tree[cell + 1]:
+            frontier.append((cell, cell + 1))
+
+    grow(0)
+    step = 0
+    while frontier:
+        k = int(draws[step] * len(frontier))
+        step += 1
+        frontier[k], frontier[-1] = frontier[-1], frontier[k]
+        a, b = frontier.pop()
+        if in_tree[b]:
+            continue
+        (ai, aj), (bi, bj) = divmod(a, n), divmod(b, n)
+        flat[(ai + bi + 1) * size + aj + bj + 1] = PATH  # the wall square between a and b
+        grow(b)
+    return np.array(flat, dtype=np.int8).reshape(size, size)
+
+
+def _as_grid(grid) -> np.ndarray:
+    arr = np.asarray(grid)
+    if arr.ndim != 2 or arr.size < 2:
+        raise ValueError(f"a maze grid must be a 2-D array of cell codes; got shape {arr.shape}")
+    if arr.min() < 0 or arr.max() > GOAL:
+        raise ValueError(
+            f"grid cell codes must be PATH={PATH}, WALL={WALL}, START={START} or GOAL={GOAL}; "
+            f"got values in [{arr.min()}, {arr.max()}]"
+        )
+    return arr
+
+
+def endpoints(grid) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(start, goal) as (row, col): the START/GOAL marks if the grid has them, else the corners."""
+    arr = _as_grid(grid)
+    starts, goals = np.argwhere(arr == START), np.argwhere(arr == GOAL)
+    if len(starts) == 0 and len(goals) == 0:
+        rows, cols = arr.shape
+        start, goal = (1, 1), (rows - 2, cols - 2)
+        for name, (r, c) in (("start", start), ("goal", goal)):
+            if not (0 <= r < rows and 0 <= c < cols) or arr[r, c] != PATH:
+                raise ValueError(
+                    f"the {name} {(r, c)} of an unmarked {rows}x{cols} grid must be a PATH cell; "
+                    f"mark START and GOAL explicitly or pass a generate_maze grid"
+                )
+        return start, goal
+    if len(starts) != 1 or len(goals) != 1:
+        raise ValueError(
+            f"a grid needs exactly one START and one GOAL; got {len(starts)} START and "
+            f"{len(goals)} GOAL cells"
+        )
+    return tuple(map(int, starts[0])), tuple(map(int, goals[0]))
+
+
+def mark_endpoints(grid) -> np.ndarray:
+    """A copy of ``grid`` with START and GOAL written in (unchanged if already marked)."""
+    (sr, sc), (gr, gc) = endpoints(grid)
+    marked = np.array(grid, dtype=np.int8, copy=True)
+    marked[sr, sc], marked[gr, gc] = START, GOAL
+    return marked
+
+
+def solve(grid) -> list[str]:
+    """The BFS shortest path from start to goal as move names.
+
+    Neighbours are tried in the order UP, DOWN, LEFT, RIGHT and a cell keeps the parent that first
+    reached it, so among equally short paths the one that is smallest in that move order (compared
+    move by move from the start) wins. Raises ValueError when the goal is unreachable.
+    """
+    arr = _as_grid(grid)
+    (sr, sc), (gr, gc) = endpoints(arr)
+    # Flat indices into the grid padded with a ring of walls: a step off the grid meets a wall,
+    # so the loop needs no bounds checks. This runs for every generated item; keep it lean.
+    width = arr.shape[1] + 2
+    is_open = np.pad(arr != WALL, 1, constant_values=False).ravel().tolist()
+    start, goal = (sr + 1) * width + sc + 1, (gr + 1) * width + gc + 1
+    steps = [(name, dr * width + dc) for name, (dr, dc) in MOVES.items()]
+    parent = [-1] * len(is_open)
+    parent[start] = start
+    move_in = [""] * len(is_open)
+    queue = [start]
+    for v in queue:  # the list grows while it is read: a FIFO without popping
+        if v == goal:
+            break
+        for name, step in steps:
+            w = v + step
+            if is_open[w] and parent[w] < 0:
+                parent[w], move_in[w] = v, name
+                queue.append(w)
+    if parent[goal] < 0:
+        raise ValueError(f"the goal {(gr, gc)} cannot be reached from the start {(sr, sc)}")
+    moves = []
+    v = goal
+    while v != start:
+        moves.append(move_in[v])
+        v = parent[v]
+    return moves[::-1]
+
+
+def format_prompt(grid) -> str:
+    """``<bos> GRID_START`` + each row's cell tokens and ``NEWLINE`` + ``GRID_END PATH_START``."""
+    marked = mark_endpoints(grid)
+    rows = " ".join(
+        " ".join(CELL_TOKENS[v] for v in row) + " " + NEWLINE for row in marked.tolist()
+    )
+    return f"{BOS} {GRID_START} {rows} {GRID_END} {PATH_START}"
+
+
+def format_answer(moves: Sequence[str]) -> str:
+    """The demonstration answer: the moves then ``DONE`` (no eos: the trainer appends its id)."""
+    bad = [m for m in moves if m not in MOVES]
+    if bad:
+        raise ValueError(f"moves must be from {list(MOVES)}; got {bad[0]!r}")
+    return " ".join([*moves, DONE])
+
+
+def parse_prompt(prompt: str) -> np.ndarray:
+    """The grid a prompt shows, with START and GOAL marked; ValueError if it holds no valid grid.
+
+    Accepts ``[<bos>] GRID_START rows GRID_END [PATH_START]`` where every row is cell tokens
+    closed by ``NEWLINE``.
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"a maze prompt must be a string; got {type(prompt).__name__}")
+    tokens = prompt.split()
+    if tokens[:1] == [BOS]:
+        tokens = tokens[1:]
+    if tokens[:1] != [GRID_START]:
+        raise ValueError(
+            f"a maze prompt must begin with [{BOS}] {GRID_START}; got {' '.join(tokens[:2])!r}"
+        )
+    try:
+        end = tokens.index(GRID_END)
+    except ValueError:
+        raise ValueError(f"the maze prompt has no {GRID_END} token; use format_prompt") from None
+    if tokens[end + 1 :] not in ([], [PATH_START]):
+        raise ValueError(
+            f"only {PATH_START} may follow {GRID_END} in a maze prompt; "
+            f"got {' '.join(tokens[end + 1 :])!r}"
+        )
+    body = tokens[1:end]
+    if not body or body[-1] != NEWLINE:
+        raise ValueError(f"every grid row must end with {NEWLINE}; the last row does not")
+    rows: list[list[int]] = [[]]
+    for tok in body[:-1]:
+        if tok == NEWLINE:
+            rows.append([])
+        elif tok in _CELL_CODE:
+            rows[-1].append(_CELL_CODE[tok])
+        else:
+            raise ValueError(f"unknown grid cell token {tok!r}; cells are one of {CELL_TOKENS}")
+    widths = {len(row) for row in rows}
+    if len(widths) != 1 or 0 in widths:
+        raise ValueError(
+            f"grid rows must be non-empty and equally long; got widths {sorted(widths)}"
+        )
+    grid = np.array(rows, dtype=np.int8)
+    starts, goals = int((grid == START).sum()), int((grid == GOAL).sum())
+    if starts != 1 or goals != 1:
+        raise ValueError(
+            f"a maze prompt needs exactly one START and one GOAL; got {starts} and {goals}"
+        )
+    return grid
+
+
+def score_moves(grid, completion: str) -> float:
+    """The verifier on a grid (see :func:`verify`), for callers that already hold the grid."""
+    start, goal = endpoints(grid)
+    cells = np.asarray(grid).tolist()
+    return _walk(cells, start, goal, completion)
+
+
+def _walk(cells: Sequence[Sequence[int]], start, goal, completion: str) -> float:
+    tokens = completion.split()
+    try:
+        end = tokens.index(DONE)
+    except ValueError:
+        return 0.0
+    steps = [MOVES.get(tok) for tok in tokens[:end]]
+    if None in steps:
+        return 0.0
+    rows, cols = len(cells), len(cells[0])
+    r, c = start
+    for dr, dc in steps:
+        r, c = r + dr, c + dc
+        if not (0 <= r < rows and 0 <= c < cols) or cells[r][c] == WALL:
+            return 0.0
+        if (r, c) == goal:
+            return 1.0
+    return 1.0 if (r, c) == goal else 0.0
+
+
+def verify(prompt: str, completion: str) -> float:
+    """Reward 1.0 if ``completion`` walks from START to GOAL, else 0.0 (MAXRL.md section 5).
+
+    The completion is cut at its first ``DONE`` (none -> 0.0); every token before it must be a
+    move (else 0.0, even when the walk reached the goal before the bad token); the walk starts
+    on START; leaving the grid or entering a WALL gives 0.0; reaching GOAL gives 1.0 at once,
+    ignoring later moves; otherwise the reward is 1.0 only if the walk ends on GOAL. Anything after
+    ``DONE`` (``<eos>``, padding, text) is ignored. Never raises on a completion string; raises
+    ValueError when the prompt holds no valid grid.
+    """
+    return score_moves(parse_prompt(prompt), completion)
+
+
+def grid_id(grid) -> str:
+    """A stable id of a grid: its shape and a BLAKE2b hash of its cells with START/GOAL marked."""
+    marked = mark_endpoints(grid)
+    digest = hashlib.blake2b(marked.tobytes(), digest_size=8).hexdigest()
+    return f"maze{marked.shape[0]}x{marked.shape[1]}-{digest}"
+
+
+def _make_item(size: int, seed: int, split: str) -> Item:
+    grid = mark_endpoints(generate_maze(size, seed))
+    return Item(
+        id=grid_id(grid),
+        prompt=format_prompt(grid),
+        # Nested tuples, not an array: Items then compare with == and pickle compactly.
+        reference=_freeze(grid),
+        target=format_answer(solve(grid)),
+        meta={"size": size, "seed": int(seed), "split": split},
+    )
+
+
+class MazeTask:
+    """Mazes of one size: a fixed held-out set and an endless, disjoint training stream.
+
+    The test set is the first ``test_count`` distinct mazes from seeds ``seed_offset``,
+    ``seed_offset + 1``, ... Training mazes come from seeds drawn in
+    ``[seed_offset + 2**40, seed_offset + 2**62)`` by a generator seeded with the ``seed`` argument,
+    and any maze whose grid equals a test maze is dropped, so disjointness holds by construction
+    even where two seeds give the same maze (small sizes have few distinct mazes: 4 at size 5).
+
+    Items carry ``reference`` = the grid as nested tuples (START/GOAL marked), ``target`` = the BFS
+    answer, and ``meta`` = {size, seed, split}; ``id`` is a hash of the grid.
+    """
+
+    name = "maze"
+
+    def __init__(self, size: int = 9, test_count: int = 256, seed_offset: int = 0):
+        _check_size(size)
+        if not 1 <= test_count < _TRAIN_SEED_LOW:
+            raise ValueError(f"test_count must be in [1, 2**40); got {test_count}")
+        if not 0 <= seed_offset <= 2**63 - _TRAIN_SEED_HIGH:
+            raise ValueError(f"seed_offset must be in [0, 2**63 - 2**62]; got {seed_offset}")
+        self.size = size
+        self.test_count = test_count
+        self.seed_offset = seed_offset
+
+    @cached_property
+    def _test(self) -> list[Item]:
+        items: list[Item] = []
+        seen: set[str] = set()
+        # Enough tries to find any realistic count at size >= 7; size 5 has only 4 mazes.
+        budget = 20 * self.test_count + 1000
+        for offset in range(budget):
+            item = _make_item(self.size, self.seed_offset + offset, "test")
+            if item.id not in seen:
+                seen.add(item.id)
+                items.append(item)
+                if len(items) == self.test_count:
+                    return items
+        raise ValueError(
+            f"size {self.size} gave only {len(items)} distinct mazes in {budget} seeds, fewer "
+            f"than test_count={self.test_count}; lower test_count or use a larger size"
+        )
+
+    @cached_property
+    def _test_ids(self) -> frozenset[str]:
+        return frozenset(item.id for item in self._test)
+
+    def test_items(self, count: int) -> list[Item]:
+        if not 0 <= count <= self.test_count:
+            raise ValueError(
+                f"count must be in [0, test_count={self.test_count}]; got {count}; "
+                f"build MazeTask(test_count={count}) for a larger held-out set"
+            )
+        return self._test[:count]
+
+    def train_items(self, count: int, seed: int) -> list[Item]:
+        if count < 0:
+            raise ValueError(f"count must be >= 0; got {count}")
+        rng = np.random.default_rng(seed)
+        test_ids = self._test_ids
+        items: list[Item] = []
+        rejected = 0
+        while len(items) < count:
+            need = count - len(items)
+            low = self.seed_offset + _TRAIN_SEED_LOW
+            for maze_seed in rng.integers(low, self.seed_offset + _TRAIN_SEED_HIGH, need).tolist():
+                item = _make_item(self.size, maze_seed, "train")
+                if item.id in test_ids:
+                    rejected += 1
+                else:
+                    items.append(item)
+            if rejected > 100 + 10 * count:
+                raise ValueError(
+                    f"size {self.size}: {rejected} of the sampled training mazes are test mazes; "
+                    f"the size has too few distinct mazes for test_count={self.test_count}"
+                )
+        return items
+
+    def verify(self, items: Sequence[Item], completions: Sequence[str]) -> list[float]:
+        if len(items) != len(completions):
+            raise ValueError(f"got {len(items)} items but {len(completions)} completions")
+        out = []
+        for item, completion in zip(items, completions):
+            cells = item.reference
+            if not isinstance(cells, tuple):  # an Item built by hand: fall back to its prompt
+                cells = _freeze(parse_prompt(item.prompt) if cells is None else cells)
+            start, goal = _endpoints_of(cells)
+            out.append(_walk(cells, start, goal, completion))
+        return out
+
+
+def _freeze(grid) -> tuple[tuple[int, ...], ...]:
+    return tuple(map(tuple, np.asarray(grid).tolist()))
+
+
+# A group's rollouts share one grid, so its endpoints are looked up once per group, not per rollout.
+@lru_cache(maxsize=8192)
+def _endpoints_of(cells: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, int], tuple[int, int]]:
+    return endpoints(cells)
+
+
+@dataclass
+class MazeDataConfig:
+    """Options of ``maxrl maze-data``."""
+
+    size: int = field(default=9, metadata={"help": "maze side length, odd and >= 5 (paper: 17)"})
+    count: int = field(default=1000, metadata={"help": "number of mazes to write"})
+    split: str = field(default="train", metadata={"help": "train or test"})
+    seed: int = field(
+        default=0, metadata={"help": "sampling seed of the train split (test: fixed)"}
+    )
+    out: str = field(default="???", metadata={"help": "output JSONL path (required)"})
+    test_count: int = field(
+        default=256, metadata={"help": "size of the held-out set that train mazes avoid"}
+    )
+
+    def validate(self) -> None:
+        _check_size(self.size)
+        if self.split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test'; got {self.split!r}")
+        if self.count < 1:
+            raise ValueError(f"count must be >= 1; got {self.count}")
+        if self.split == "test" and self.count > self.test_count:
+            raise ValueError(
+                f"count={self.count} exceeds test_count={self.test_count}; "
+                f"pass test_count={self.count}"
+            )
+
+
+def main(argv: list[str]) -> int:
+    """``maxrl maze-data size=9 count=1000 split=train out=train.jsonl``."""
+    cfg = _parse(argv)
+    if cfg is None:
+        return 0
+    task = MazeTask(size=cfg.size, test_count=cfg.test_count)
+    if cfg.split == "test":
+        items = task.test_items(cfg.count)
+    else:
+        items = task.train_items(cfg.count, cfg.seed)
+    path = Path(cfg.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        for item in items:
+            row = {
+                "id": item.id,
+                "prompt": item.prompt,
+                "answer": item.target,
+                "size": item.meta["size"],
+                "seed": item.meta["seed"],
+            }
+            fh.write(json.dumps(row) + "\n")
+    print(f"wrote {len(items)} {cfg.split} mazes of size {cfg.size} to {path}")
+    return 0
+
+
+def _parse(argv: list[str]) -> MazeDataConfig | None:
+    from maxrl.config import parse_cli
+
+    doc = (
+        "Write mazes as JSONL, one object per line with fields id, prompt, answer, size, seed; "
+        "generate_maze(size, seed) rebuilds a maze. The train split never holds a test maze."
+    )
+    return parse_cli(MazeDataConfig, argv, "maze-data", doc)
+
+
+__all__ = [
+    "CELL_TOKENS",
+    "GOAL",
+    "MAZE_TOKENS",
+    "MOVES",
+    "PATH",
+    "START",
+    "WALL",
+    "MazeDataConfig",
+    "MazeTask",
+    "endpoints",
+    "format_answer",
+    "format_prompt",
+    "generate_maze",
+    "grid_id",
+    "main",
+    "mark_endpoints",
+    "parse_prompt",
+    "score_moves",
+    "solve",
+    "verify",
+]

@@ -1,0 +1,319 @@
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import shortest_path
+
+from maxrl.cli import main as cli_main
+from maxrl.config import ConfigError
+from maxrl.tasks.base import Item, Task
+from maxrl.tasks.maze import (
+    GOAL,
+    PATH,
+    START,
+    WALL,
+    MazeTask,
+    format_answer,
+    format_prompt,
+    generate_maze,
+    grid_id,
+    main,
+    mark_endpoints,
+    parse_prompt,
+    solve,
+    verify,
+)
+
+SEEDS_PER_SIZE = {5: 50, 7: 100, 9: 200, 17: 60}
+
+
+def _open_edges(grid):
+    """Pairs of 4-adjacent open cells, as flat indices."""
+    open_ = grid != WALL
+    flat = np.arange(grid.size).reshape(grid.shape)
+    right = open_[:, :-1] & open_[:, 1:]
+    down = open_[:-1, :] & open_[1:, :]
+    src = np.concatenate([flat[:, :-1][right], flat[:-1, :][down]])
+    dst = np.concatenate([flat[:, 1:][right], flat[1:, :][down]])
+    return src, dst
+
+
+def _distance(grid, a, b):
+    """Shortest open-cell distance from a to b, computed by scipy (independent of solve)."""
+    src, dst = _open_edges(grid)
+    adj = coo_matrix((np.ones(len(src)), (src, dst)), shape=(grid.size, grid.size))
+    ncols = grid.shape[1]
+    dist = shortest_path(adj, directed=False, unweighted=True, indices=a[0] * ncols + a[1])
+    return dist[b[0] * ncols + b[1]]
+
+
+@pytest.mark.parametrize("size", sorted(SEEDS_PER_SIZE))
+def test_generated_mazes_are_perfect_and_bfs_is_shortest(size):
+    cells = ((size - 1) // 2) ** 2
+    for seed in range(SEEDS_PER_SIZE[size]):
+        grid = generate_maze(size, seed)
+        assert grid.dtype == np.int8 and grid.shape == (size, size)
+        assert set(np.unique(grid).tolist()) == {PATH, WALL}
+        # Cells at odd coordinates are open, squares at even-even coordinates and the border walls.
+        assert (grid[1::2, 1::2] == PATH).all()
+        assert (grid[::2, ::2] == WALL).all()
+        assert (grid[0] == WALL).all() and (grid[-1] == WALL).all()
+        assert (grid[:, 0] == WALL).all() and (grid[:, -1] == WALL).all()
+        # A spanning tree of the cell lattice: cells + (cells - 1) passages, one component,
+        # and as many adjacency edges as open squares minus one (no cycle).
+        n_open = int((grid == PATH).sum())
+        assert n_open == 2 * cells - 1
+        _, components = ndimage.label(grid == PATH)
+        assert components == 1
+        assert len(_open_edges(grid)[0]) == n_open - 1
+
+        moves = solve(grid)
+        answer = format_answer(moves)
+        assert verify(format_prompt(grid), answer) == 1.0
+        assert len(moves) == _distance(grid, (1, 1), (size - 2, size - 2))
+
+
+def test_same_seed_same_maze_and_seeds_differ():
+    np.random.seed(123)  # the global numpy RNG must play no part
+    a = generate_maze(9, 42)
+    np.random.seed(7)
+    assert np.array_equal(a, generate_maze(9, 42))
+    distinct = {generate_maze(9, s).tobytes() for s in range(100)}
+    assert len(distinct) == 100
+
+
+def test_maze_pinned_by_value():
+    # A change here changes every dataset written so far; update only on purpose.
+    assert generate_maze(5, 0).tolist() == [
+        [1, 1, 1, 1, 1],
+        [1, 0, 0, 0, 1],
+        [1, 0, 1, 0, 1],
+        [1, 0, 1, 0, 1],
+        [1, 1, 1, 1, 1],
+    ]
+
+
+@pytest.mark.parametrize("size", [3, 4, 8, 10, 0, -5, 9.0])
+def test_bad_size_is_rejected(size):
+    with pytest.raises(ValueError, match=f"odd integer >= 5.*got {size!r}"):
+        generate_maze(size, 0)
+
+
+# Two equally short routes around the centre wall in every case below.
+def _ring(start, goal):
+    grid = np.full((5, 5), WALL, dtype=np.int8)
+    grid[1:4, 1:4] = PATH
+    grid[2, 2] = WALL
+    grid[start], grid[goal] = START, GOAL
+    return grid
+
+
+@pytest.mark.parametrize(
+    "start, goal, moves",
+    [
+        ((1, 1), (3, 3), ["DOWN", "DOWN", "RIGHT", "RIGHT"]),  # DOWN before RIGHT
+        ((1, 3), (3, 1), ["DOWN", "DOWN", "LEFT", "LEFT"]),  # DOWN before LEFT
+        ((3, 1), (1, 3), ["UP", "UP", "RIGHT", "RIGHT"]),  # UP before RIGHT
+        ((3, 3), (1, 1), ["UP", "UP", "LEFT", "LEFT"]),  # UP before LEFT
+        ((2, 1), (2, 3), ["UP", "RIGHT", "RIGHT", "DOWN"]),  # UP before DOWN
+    ],
+)
+def test_bfs_tie_break_order(start, goal, moves):
+    assert solve(_ring(start, goal)) == moves
+
+
+def test_solve_unreachable_goal():
+    grid = _ring((1, 1), (3, 3))
+    grid[1, 2] = grid[2, 1] = WALL
+    with pytest.raises(ValueError, match=r"goal \(3, 3\) cannot be reached"):
+        solve(grid)
+
+
+def test_prompt_and_answer_text_pinned():
+    grid = _ring((1, 1), (3, 3))
+    grid[3, 1] = WALL
+    prompt = format_prompt(grid)
+    assert prompt == (
+        "<bos> GRID_START "
+        "WALL WALL WALL WALL WALL NEWLINE "
+        "WALL START PATH PATH WALL NEWLINE "
+        "WALL PATH WALL PATH WALL NEWLINE "
+        "WALL WALL PATH GOAL WALL NEWLINE "
+        "WALL WALL WALL WALL WALL NEWLINE "
+        "GRID_END PATH_START"
+    )
+    assert parse_prompt(prompt).tolist() == grid.tolist()
+    assert format_prompt(parse_prompt(prompt)) == prompt
+    assert format_answer(solve(grid)) == "RIGHT RIGHT DOWN DOWN DONE"
+    with pytest.raises(ValueError, match="got 'NORTH'"):
+        format_answer(["UP", "NORTH"])
+
+
+def test_unmarked_grid_uses_fixed_corners():
+    grid = generate_maze(17, 3)
+    marked = mark_endpoints(grid)
+    assert marked[1, 1] == START and marked[15, 15] == GOAL
+    assert np.array_equal(parse_prompt(format_prompt(grid)), marked)
+    assert solve(grid) == solve(marked)
+    assert len(format_prompt(grid).split()) == 2 + 17 * 18 + 2
+
+
+# The verifier grid: start (1, 1), goal (3, 3); two shortest routes; a wall in the middle.
+RING_PROMPT = format_prompt(_ring((1, 1), (3, 3)))
+# An open-bordered grid where a move can leave the grid without meeting a wall first.
+OPEN_PROMPT = "<bos> GRID_START START PATH PATH NEWLINE PATH WALL GOAL NEWLINE GRID_END PATH_START"
+
+
+@pytest.mark.parametrize(
+    "prompt, completion, reward",
+    [
+        (RING_PROMPT, "DOWN DOWN RIGHT RIGHT DONE", 1.0),
+        (RING_PROMPT, "RIGHT RIGHT DOWN DOWN DONE <eos>", 1.0),  # any route counts, not only BFS's
+        (RING_PROMPT, "DOWN DOWN RIGHT RIGHT", 0.0),  # no DONE
+        (RING_PROMPT, "DOWN DOWN RIGHT RIGHT <eos>", 0.0),
+        (RING_PROMPT, "DOWN DOWN foo RIGHT RIGHT DONE", 0.0),  # a non-move before DONE
+        (RING_PROMPT, "DOWN DOWN RIGHT RIGHT GOAL DONE", 0.0),  # ... even after the goal
+        (RING_PROMPT, "down down right right DONE", 0.0),  # moves are case-sensitive
+        (RING_PROMPT, "RIGHT DOWN DOWN RIGHT DONE", 0.0),  # into the centre wall
+        (RING_PROMPT, "UP DONE", 0.0),  # into the border wall
+        (RING_PROMPT, "DOWN DOWN RIGHT RIGHT UP UP LEFT LEFT DONE", 1.0),  # goal reached early
+        (RING_PROMPT, "DOWN DOWN RIGHT RIGHT RIGHT RIGHT DONE", 1.0),  # later wall is ignored
+        (RING_PROMPT, "DOWN DOWN RIGHT DONE", 0.0),  # ends off the goal
+        (RING_PROMPT, "DONE", 0.0),  # an empty walk ends on the start
+        (RING_PROMPT, "DONE DOWN DOWN RIGHT RIGHT DONE", 0.0),  # cut at the first DONE
+        (RING_PROMPT, "DOWN DOWN RIGHT RIGHT DONE tail UP <eos> <pad> <pad>", 1.0),
+        (RING_PROMPT, "DOWN DOWN RIGHT RIGHT DONE <eos> <pad>", 1.0),
+        (RING_PROMPT, "\nDOWN\tDOWN  RIGHT RIGHT\nDONE", 1.0),  # any whitespace separates
+        (RING_PROMPT, "", 0.0),
+        (RING_PROMPT, "   \n ", 0.0),
+        (RING_PROMPT, "<unk> ☃ GRID_START {}[] \x00 DONE", 0.0),
+        (RING_PROMPT, "<eos>", 0.0),
+        (OPEN_PROMPT, "RIGHT RIGHT DOWN DONE", 1.0),
+        (OPEN_PROMPT, "UP DONE", 0.0),  # off the top edge
+        (OPEN_PROMPT, "LEFT DONE", 0.0),  # off the left edge
+        (OPEN_PROMPT, "RIGHT RIGHT RIGHT DOWN DONE", 0.0),  # off the right edge
+        (OPEN_PROMPT, "DOWN RIGHT DONE", 0.0),  # into the wall
+    ],
+)
+def test_verify_rules(prompt, completion, reward):
+    assert verify(prompt, completion) == reward
+    assert verify(prompt.removeprefix("<bos> "), completion) == reward
+    item = Item(id="x", prompt=prompt)  # no reference: the task falls back to the prompt
+    assert MazeTask().verify([item], [completion]) == [reward]
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("", "must begin with"),
+        ("<bos> WALL START GOAL NEWLINE GRID_END", "must begin with"),
+        ("<bos> <bos> GRID_START START GOAL NEWLINE GRID_END", "must begin with"),
+        ("<bos> GRID_START START GOAL NEWLINE", "no GRID_END"),
+        ("GRID_START START GOAL NEWLINE GRID_END PATH_START UP", "only PATH_START may follow"),
+        ("GRID_START START GOAL GRID_END", "must end with NEWLINE"),
+        ("GRID_START GRID_END", "must end with NEWLINE"),
+        (
+            "GRID_START START PATH NEWLINE GOAL NEWLINE GRID_END",
+            r"equally long; got widths \[1, 2\]",
+        ),
+        ("GRID_START START GOAL NEWLINE NEWLINE GRID_END", r"non-empty.*widths \[0, 2\]"),
+        ("GRID_START START LAVA GOAL NEWLINE GRID_END", "unknown grid cell token 'LAVA'"),
+        ("GRID_START START UP GOAL NEWLINE GRID_END", "unknown grid cell token 'UP'"),
+        ("GRID_START START PATH NEWLINE PATH PATH NEWLINE GRID_END", "got 1 and 0"),
+        ("GRID_START START START NEWLINE GOAL PATH NEWLINE GRID_END", "got 2 and 1"),
+        ("GRID_START START GOAL NEWLINE GOAL PATH NEWLINE GRID_END", "got 1 and 2"),
+    ],
+)
+def test_bad_prompt_raises(prompt, message):
+    with pytest.raises(ValueError, match=message):
+        parse_prompt(prompt)
+    with pytest.raises(ValueError, match=message):
+        verify(prompt, "DONE")
+
+
+def test_task_items_are_consistent():
+    task = MazeTask(size=9)
+    assert isinstance(task, Task) and task.name == "maze"
+    items = task.test_items(20) + task.train_items(20, seed=5)
+    for item in items:
+        grid = np.array(item.reference, dtype=np.int8)
+        assert np.array_equal(grid, parse_prompt(item.prompt))
+        assert np.array_equal(grid, mark_endpoints(generate_maze(9, item.meta["seed"])))
+        assert item.id == grid_id(grid)
+        assert item.target == format_answer(solve(grid))
+        assert not item.target.endswith("<eos>")
+    completions = [it.target for it in items] + ["DONE"] * len(items)
+    assert task.verify(items + items, completions) == [1.0] * len(items) + [0.0] * len(items)
+    with pytest.raises(ValueError, match="got 2 items but 1 completions"):
+        task.verify(items[:2], ["DONE"])
+
+
+def test_test_set_is_fixed_and_train_is_seeded():
+    task = MazeTask(size=9)
+    test = task.test_items(256)
+    assert len({it.id for it in test}) == 256
+    assert task.test_items(10) == test[:10]
+    assert MazeTask(size=9, test_count=300).test_items(256) == test
+    assert [it.meta["seed"] for it in test[:3]] == [0, 1, 2]
+    assert MazeTask(size=9, seed_offset=1000).test_items(1)[0].meta["seed"] == 1000
+    assert task.train_items(50, seed=1) == MazeTask(size=9).train_items(50, seed=1)
+    assert task.train_items(50, seed=1) != task.train_items(50, seed=2)
+    assert all(it.meta["seed"] >= 2**40 for it in task.train_items(50, seed=1))
+    with pytest.raises(ValueError, match="count must be in \\[0, test_count=256\\]; got 257"):
+        task.test_items(257)
+
+
+@pytest.mark.parametrize("size, test_count, train_count", [(9, 256, 5000), (7, 64, 2000)])
+def test_train_never_holds_a_test_maze(size, test_count, train_count):
+    task = MazeTask(size=size, test_count=test_count)
+    test_ids = {it.id for it in task.test_items(test_count)}
+    train = task.train_items(train_count, seed=0)
+    assert len(train) == train_count
+    assert test_ids.isdisjoint(it.id for it in train)
+    if size == 7:
+        # At size 7 many raw seeds do give test mazes, so the filter (not luck) is what holds.
+        raw = {grid_id(generate_maze(7, s)) for s in range(2**40, 2**40 + 500)}
+        assert raw & test_ids
+
+
+def test_sizes_with_too_few_mazes_are_refused():
+    # Size 5 has exactly 4 mazes (the 2x2 cell lattice has 4 spanning trees).
+    with pytest.raises(ValueError, match="size 5 gave only 4 distinct mazes"):
+        MazeTask(size=5).test_items(1)
+    with pytest.raises(ValueError, match="too few distinct mazes for test_count=4"):
+        MazeTask(size=5, test_count=4).train_items(1, seed=0)
+    task = MazeTask(size=5, test_count=3)
+    (left_over,) = {it.id for it in task.train_items(30, seed=0)}
+    assert left_over not in {it.id for it in task.test_items(3)}
+
+
+def test_maze_data_cli(tmp_path, capsys):
+    train_path, test_path = tmp_path / "train.jsonl", tmp_path / "sub" / "test.jsonl"
+    common = ["size=7", "test_count=64"]  # size 7 has under 256 distinct mazes
+    assert cli_main(["maze-data", *common, "count=30", "split=train", f"out={train_path}"]) == 0
+    assert main([*common, "count=20", "split=test", f"out={test_path}"]) == 0
+    train = [json.loads(line) for line in train_path.read_text().splitlines()]
+    test = [json.loads(line) for line in test_path.read_text().splitlines()]
+    assert len(train) == 30 and len(test) == 20
+    assert set(train[0]) == {"id", "prompt", "answer", "size", "seed"}
+    assert [row["id"] for row in test] == [it.id for it in MazeTask(7, 64).test_items(20)]
+    assert {row["id"] for row in train}.isdisjoint(row["id"] for row in test)
+    for row in train + test:
+        assert row["size"] == 7
+        assert row["prompt"] == format_prompt(generate_maze(7, row["seed"]))
+        assert verify(row["prompt"], row["answer"]) == 1.0
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("size", "count", "split", "seed", "out", "test_count"):
+        assert f"  {name} = " in out
+    with pytest.raises(ConfigError, match="out"):
+        main(["size=7"])
+    with pytest.raises(ValueError, match="split must be 'train' or 'test'; got 'dev'"):
+        main(["split=dev", f"out={tmp_path / 'x.jsonl'}"])
+    with pytest.raises(ValueError, match="odd integer >= 5"):
+        main(["size=8", f"out={tmp_path / 'x.jsonl'}"])
+    with pytest.raises(ValueError, match="count=300 exceeds test_count=256"):
+        main(["split=test", "count=300", f"out={tmp_path / 'x.jsonl'}"])

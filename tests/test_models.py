@@ -1,0 +1,166 @@
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
+
+from maxrl.models import PRESETS, VOCAB, build_model, load_tokenizer, maze_tokenizer
+from maxrl.tasks.maze import MazeTask, format_prompt, generate_maze, verify
+
+NAMED_IDS = {
+    "<pad>": 0,
+    "<bos>": 1,
+    "<eos>": 2,
+    "<unk>": 3,
+    "GRID_START": 4,
+    "GRID_END": 5,
+    "PATH_START": 6,
+    "START": 7,
+    "GOAL": 8,
+    "WALL": 9,
+    "PATH": 10,
+    "NEWLINE": 11,
+    "UP": 12,
+    "DOWN": 13,
+    "LEFT": 14,
+    "RIGHT": 15,
+    "DONE": 16,
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return maze_tokenizer()
+
+
+def test_vocabulary_ids(tokenizer):
+    assert len(tokenizer) == 32 and len(VOCAB) == 32
+    vocab = tokenizer.get_vocab()
+    assert {tok: vocab[tok] for tok in NAMED_IDS} == NAMED_IDS
+    assert [vocab[f"<reserved_{i}>"] for i in range(15)] == list(range(17, 32))
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id) == (0, 1)
+    assert (tokenizer.eos_token_id, tokenizer.unk_token_id) == (2, 3)
+    assert sorted(tokenizer.all_special_ids) == [0, 1, 2, 3]
+
+
+def test_encode_adds_nothing_and_maps_unknown_words(tokenizer):
+    text = "<bos> GRID_START WALL lava NEWLINE GRID_END PATH_START"
+    expected = [1, 4, 9, 3, 11, 5, 6]
+    assert tokenizer(text).input_ids == expected
+    assert tokenizer(text, add_special_tokens=False).input_ids == expected
+    assert tokenizer("  UP\n\tDONE ").input_ids == [12, 16]
+
+
+def test_decode_is_read_back_by_the_verifier(tokenizer):
+    assert tokenizer.decode([12, 16, 2]) == "UP DONE <eos>"
+    assert tokenizer.decode([12, 16, 2, 0, 0], skip_special_tokens=True) == "UP DONE"
+    item = MazeTask(size=9).test_items(1)[0]
+    prompt_ids = tokenizer(item.prompt).input_ids
+    assert len(prompt_ids) == len(item.prompt.split()) and 3 not in prompt_ids
+    assert tokenizer.decode(prompt_ids) == item.prompt
+    answer_ids = tokenizer(item.target).input_ids + [tokenizer.eos_token_id, 0, 0]
+    completion = tokenizer.decode(answer_ids)
+    assert completion == item.target + " <eos> <pad> <pad>"
+    assert verify(item.prompt, completion) == 1.0
+
+
+@pytest.mark.parametrize("loader", [AutoTokenizer.from_pretrained, load_tokenizer])
+def test_tokenizer_save_and_reload(tokenizer, tmp_path, loader):
+    tokenizer.save_pretrained(tmp_path)
+    loaded = loader(tmp_path)
+    text = format_prompt(generate_maze(17, 0)) + " DOWN RIGHT DONE <eos> <pad> junk"
+    assert loaded(text).input_ids == tokenizer(text).input_ids
+    assert loaded.get_vocab() == tokenizer.get_vocab()
+    ids = [12, 13, 14, 15, 16, 2, 0]
+    assert loaded.decode(ids) == tokenizer.decode(ids) == "UP DOWN LEFT RIGHT DONE <eos> <pad>"
+    assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id) == (0, 1, 2)
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_preset_sizes():
+    paper = build_model("paper")
+    assert 3_700_000 <= _count(paper) <= 4_100_000
+    # Embedding 32*256 + 4 layers * 984,064 + final norm 256 (lm_head tied, counted once).
+    assert _count(paper) == 32 * 256 + 4 * 984_064 + 256 == 3_944_704
+    assert _count(build_model("small")) == 989_312
+    assert _count(build_model("tiny")) == 19_744
+    cfg = paper.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size) == (4, 256, 1024)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size) == (4, 2, 32)
+    assert cfg.tie_word_embeddings
+    assert paper.lm_head.weight.data_ptr() == paper.model.embed_tokens.weight.data_ptr()
+    assert isinstance(paper, Qwen2ForCausalLM)
+    assert paper.generation_config.eos_token_id == 2 and paper.generation_config.pad_token_id == 0
+
+
+def test_longest_sequence_fits(tokenizer):
+    prompt = format_prompt(generate_maze(17, 0))
+    assert len(tokenizer(prompt).input_ids) == 310
+    for preset in PRESETS:
+        assert build_model(preset).config.max_position_embeddings >= 310 + 180
+
+
+def test_build_model_options():
+    a, b = build_model("tiny", seed=3), build_model("tiny", seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    c = build_model("tiny", seed=4)
+    assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    build_model("tiny", seed=9)
+    assert torch.equal(torch.rand(3), expected)  # the caller's RNG stream is untouched
+
+    wide = build_model("tiny", vocab_size=40, num_hidden_layers=3, attn_implementation="eager")
+    assert wide.config.vocab_size == 40 and wide.config.num_hidden_layers == 3
+    assert wide.config._attn_implementation == "eager"
+    assert build_model("tiny").config._attn_implementation == "sdpa"
+    with pytest.raises(
+        ValueError, match=r"unknown model preset 'huge'.*\['paper', 'small', 'tiny'\]"
+    ):
+        build_model("huge")
+    with pytest.raises(ValueError, match=r"unknown Qwen2Config field\(s\) \['hiden_size'\]"):
+        build_model("tiny", hiden_size=64)
+
+
+def test_save_and_reload_gives_identical_logits(tokenizer, tmp_path):
+    model = build_model("tiny", seed=1).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    assert "lm_head.weight" not in weights  # the tied matrix is stored once
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    # AutoTokenizer would build a Qwen2 BPE here, next to the model's config.json.
+    reloaded_tokenizer = load_tokenizer(tmp_path)
+    prompts = [it.prompt for it in MazeTask(size=9).test_items(2)]
+    batch = reloaded_tokenizer(prompts, return_tensors="pt")
+    assert batch.input_ids.tolist() == tokenizer(prompts, return_tensors="pt").input_ids.tolist()
+    with torch.no_grad():
+        expected = model(**batch).logits
+        got = loaded(**batch).logits
+    assert expected.shape == (2, len(prompts[0].split()), 32)
+    assert torch.equal(got, expected)
+
+
+def test_generation_round_trips_through_text(tokenizer):
+    model = build_model("tiny", seed=2).eval()
+    item = MazeTask(size=9).test_items(1)[0]
+    inputs = tokenizer([item.prompt], return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    new_ids = out[0, inputs.input_ids.shape[1] :].tolist()
+    assert len(new_ids) >= 1
+    text = tokenizer.decode(new_ids)
+    assert tokenizer(text).input_ids == new_ids
+    assert verify(item.prompt, text) == verify(item.prompt, text + " <pad>")
+
+
+def test_load_tokenizer_rejects_other_vocabularies(tmp_path):
+    other = maze_tokenizer()
+    other.add_tokens(["EXTRA"])
+    other.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not the 32-id maze tokenizer"):
+        load_tokenizer(tmp_path)
