@@ -102,10 +102,10 @@ def get(name: str) -> Estimator:
 
 @dataclass
 class _Groups:
-    r: torch.Tensor  # (B,) float64
-    n: torch.Tensor  # (B,) group size of each element's group, float64
-    s: torch.Tensor  # (B,) group sum of rewards
-    q: torch.Tensor  # (B,) group sum of squared rewards
+    r: torch.Tensor  # rewards, float64: (groups, N) dense or (B,) flat
+    n: torch.Tensor  # same shape: the size of each element's group
+    s: torch.Tensor  # same shape: the group's sum of rewards
+    q: torch.Tensor  # same shape: the group's sum of squared rewards
 
 
 def _log_comb(n: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
@@ -312,9 +312,11 @@ def compute(
                 f"rewards must have shape (groups, rollouts_per_prompt); got shape "
                 f"{tuple(r64.shape)}. For flat or ragged batches pass group_ids"
             )
+        if r64.numel() == 0:
+            return torch.zeros_like(r, dtype=out_dtype)
         n_groups, n = r64.shape
-        gid = torch.arange(n_groups).repeat_interleave(n)
-        flat = r64.reshape(-1)
+        gid = None
+        flat = r64
     else:
         gid = torch.as_tensor(group_ids)
         if r64.ndim != 1 or gid.shape != r64.shape:
@@ -324,27 +326,58 @@ def compute(
             )
         if gid.dtype.is_floating_point or gid.dtype == torch.bool:
             raise ValueError(f"group_ids must be integers; got dtype {gid.dtype}")
+        if r64.numel() == 0:
+            return torch.zeros_like(r, dtype=out_dtype)
         _, gid = torch.unique(gid, return_inverse=True)
         flat = r64
-    if flat.numel() == 0:
-        return torch.zeros_like(r, dtype=out_dtype)
     _check_finite(name, flat, gid)
     if reward_threshold is not None:
         flat = (flat >= reward_threshold).to(torch.float64)
     elif est.binary:
         _check_binary(name, flat, gid)
 
-    n_groups = int(gid.max()) + 1
-    sizes = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, gid, torch.ones_like(flat))
-    full = validate_params(name, int(sizes.min()), **params)
-    sums = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, gid, flat)
-    sq = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, gid, flat * flat)
-    groups = _Groups(r=flat, n=sizes[gid], s=sums[gid], q=sq[gid])
-    adv = est.fn(groups, **full)
+    if gid is None:  # dense groups: row sums, broadcast back
+        full = validate_params(name, n, **params)
+        ones = torch.ones_like(flat)
+        groups = _Groups(
+            r=flat,
+            n=ones * n,
+            s=flat.sum(1, keepdim=True).expand_as(flat),
+            q=(flat * flat).sum(1, keepdim=True).expand_as(flat),
+        )
+    else:
+        n_groups = int(gid.max()) + 1
+        zeros = torch.zeros(n_groups, dtype=torch.float64)
+        sizes = zeros.index_add(0, gid, torch.ones_like(flat))
+        full = validate_params(name, int(sizes.min()), **params)
+        sums = zeros.index_add(0, gid, flat)
+        sq = zeros.index_add(0, gid, flat * flat)
+        groups = _Groups(r=flat, n=sizes[gid], s=sums[gid], q=sq[gid])
+    adv = _tabulated(est, groups, full) if est.binary else est.fn(groups, **full)
     return adv.reshape(r.shape).to(out_dtype)
 
 
-def _where(gid: torch.Tensor, flat: torch.Tensor, mask: torch.Tensor) -> str:
+def _tabulated(est: Estimator, g: _Groups, params: dict) -> torch.Tensor:
+    """A binary-reward estimator depends on a rollout only through (r_i, N, K): evaluate it once
+    per group size on the N+1 possible K for a success and a failure, then gather. This costs
+    O(N) special functions per distinct group size instead of O(B)."""
+    out = torch.empty_like(g.r)
+    sizes = g.n.unique()
+    for size in sizes.tolist():
+        k = torch.arange(int(size) + 1, dtype=torch.float64)
+        n = torch.full_like(k, size)
+        success = est.fn(_Groups(torch.ones_like(k), n, k, k), **params)
+        failure = est.fn(_Groups(torch.zeros_like(k), n, k, k), **params)
+        sel = g.n == size if len(sizes) > 1 else slice(None)
+        idx = g.s[sel].long()
+        out[sel] = torch.where(g.r[sel] > 0, success[idx], failure[idx])
+    return out
+
+
+def _where(gid: torch.Tensor | None, flat: torch.Tensor, mask: torch.Tensor) -> str:
+    if gid is None:  # dense (groups, N)
+        g, pos = (int(x) for x in mask.nonzero()[0])
+        return f"{flat[g, pos].item():.6g} in group {g} (rollout {pos})"
     i = int(mask.nonzero()[0])
     g = int(gid[i])
     pos = int((gid[:i] == g).sum())
