@@ -1,0 +1,450 @@
+"""Batched sampling on a preallocated KV cache (the "kv" backend).
+
+Two runners share one decode loop:
+
+- ``_DecoderRunner`` (Qwen2 and Llama families): runs the model's own decoder modules (norms,
+  projections, MLP, rotary embedding and ``apply_rotary_pos_emb`` from the model's module) layer
+  by layer, writing keys and values into preallocated buffers. What it saves over the model's
+  ``forward``: no cache object, no per-step 4D mask construction, logits only for the last
+  position, grouped-query attention without materialising repeated K/V, and the ability to drop
+  finished rows from the batch.
+- ``_StaticCacheRunner`` (any HF causal LM): the model's own ``forward`` with transformers'
+  ``StaticCache`` and explicit position ids. Slower, but needs nothing from the architecture.
+
+See docs/rollout.md for the measurements behind each choice.
+"""
+
+from __future__ import annotations
+
+import inspect
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from .base import Rollouts, SamplingParams, check_prompts, empty_rollouts, left_pad, select_tokens
+
+# model_type values whose decoder layers are (norm -> q/k/v/o attention with RoPE -> norm -> MLP)
+# with pre-norm residuals, which is all the fast runner assumes
+FAST_PATH_MODEL_TYPES = ("qwen2", "llama")
+
+# below this many rows per stream, splitting the batch over cores costs more than it gains
+MIN_ROWS_PER_WORKER = 16
+
+# mean rollouts per distinct prompt from which prompts' caches are shared rather than copied:
+# below it the per-prompt loop in shared attention costs more than the reads it saves
+MIN_ROWS_PER_SHARED_PROMPT = 16
+
+# keep the prefill's activations (tokens x intermediate size) inside the last-level cache
+PREFILL_TOKENS_PER_PASS = 2048
+
+
+def supports_fast_path(model) -> bool:
+    """Whether ``_DecoderRunner`` reproduces this model's forward pass."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in FAST_PATH_MODEL_TYPES:
+        return False
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"]
+    if any(kind != "full_attention" for kind in layer_types):
+        return False
+    inner = getattr(model, "model", None)
+    return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
+
+
+class _DecoderRunner:
+    """Qwen2/Llama decoder stack over preallocated K/V buffers, using the model's own modules.
+
+    Keys are stored (batch, kv_heads, time, head_dim) and values transposed, (batch, kv_heads,
+    head_dim, time): then both decode-attention products are batched GEMMs whose small operand
+    (the queries, the attention weights) is the transposed one, the layout MKL's batched GEMM
+    runs about twice as fast on this CPU as ``q @ K^T`` and ``p @ V`` (docs/rollout.md).
+    """
+
+    can_select = True
+
+    def __init__(self, model, max_new_tokens: int):
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.layers = list(inner.layers)
+        self.norm = inner.norm
+        self.rotary = inner.rotary_emb
+        self.lm_head = model.lm_head
+        attn = self.layers[0].self_attn
+        self.apply_rope = inspect.getmodule(type(attn)).apply_rotary_pos_emb
+        self.head_dim = attn.head_dim
+        self.n_heads = attn.q_proj.out_features // self.head_dim
+        self.n_kv = attn.k_proj.out_features // self.head_dim
+        self.scaling = attn.scaling
+        self.max_new_tokens = max_new_tokens
+        self.dtype = self.embed.weight.dtype
+        self.device = self.embed.weight.device
+        # On CPU, fp32 decode attention beats bf16 (bf16 batched GEMMs copy strided operands),
+        # so a bf16 model's keys and values are cached as exact fp32 upcasts
+        self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+
+    def _project(self, layer, h, cos, sin, last_query_only: bool = False):
+        """Normed q, k, v with RoPE applied; shapes (b, heads, t, head_dim).
+
+        With ``last_query_only`` the queries are computed for the last position only.
+        """
+        attn = layer.self_attn
+        b, t, _ = h.shape
+        x = layer.input_layernorm(h)
+        k = attn.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        if last_query_only:
+            q = attn.q_proj(x[:, -1:]).view(b, 1, self.n_heads, self.head_dim).transpose(1, 2)
+            q, _ = self.apply_rope(q, q, cos[:, -1:], sin[:, -1:])
+            _, k = self.apply_rope(k, k, cos, sin)
+        else:
+            q = attn.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            q, k = self.apply_rope(q, k, cos, sin)
+        return q, k, v
+
+    def _finish_layer(self, layer, h, attn_out):
+        h = h + layer.self_attn.o_proj(attn_out)
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def _buffers(self, batch: int, total: int) -> tuple[list, list]:
+        k_shape = (batch, self.n_kv, total, self.head_dim)
+        v_shape = (batch, self.n_kv, self.head_dim, total)
+        new = partial(torch.empty, dtype=self.cache_dtype, device=self.device)
+        return [new(k_shape) for _ in self.layers], [new(v_shape) for _ in self.layers]
+
+    def _pad_bias(self, pad_cols: torch.Tensor, total: int) -> torch.Tensor:
+        """(rows, 1, 1, total) additive attention bias that hides each row's left padding."""
+        cols = torch.arange(total, device=self.device)
+        bias = torch.zeros((len(pad_cols), 1, 1, total), dtype=self.cache_dtype, device=self.device)
+        return bias.masked_fill_(cols < pad_cols[:, None, None, None], float("-inf"))
+
+    def prefill(self, ids: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+        """Cache the left-padded prompts; return the last position's logits.
+
+        Identical prompts (the trainer's rollouts of one prompt) are prefilled once. When each
+        is repeated at least ``MIN_ROWS_PER_SHARED_PROMPT`` times on average, its keys and
+        values are also kept once ("shared" mode): decode attention then reads the prompt
+        part with one GEMM per prompt instead of once per row, and only the generated part
+        is cached per row. Otherwise each row gets its own copy of its prompt's cache.
+        """
+        batch, width = ids.shape
+        self.positions = prompt_lengths.clone()
+        self.padded = bool((prompt_lengths < width).any())
+        unique, inverse = torch.unique(
+            torch.cat([ids, prompt_lengths[:, None]], dim=1), dim=0, return_inverse=True
+        )
+        u_ids, u_lengths = unique[:, :-1], unique[:, -1]
+        self.shared = batch >= MIN_ROWS_PER_SHARED_PROMPT * len(unique)
+        if self.shared:
+            self.prompt_keys, self.prompt_values = self._buffers(len(unique), width)
+            self.keys, self.values = self._buffers(batch, self.max_new_tokens - 1)
+            self.filled = 0
+            self.group = inverse
+            self._set_members()
+            if self.padded:
+                self.prompt_bias = self._pad_bias(width - u_lengths, width)
+                self.row_bias = self.prompt_bias[inverse]
+            dst_k, dst_v = self.prompt_keys, self.prompt_values
+        else:
+            self.keys, self.values = self._buffers(batch, width + self.max_new_tokens - 1)
+            self.filled = width
+            if self.padded:
+                self.key_bias = self._pad_bias(width - prompt_lengths, self.keys[0].shape[2])
+            if len(unique) < batch:
+                dst_k, dst_v = self._buffers(len(unique), width)
+            else:
+                u_ids, u_lengths, dst_k, dst_v = ids, prompt_lengths, self.keys, self.values
+
+        per_pass = max(1, PREFILL_TOKENS_PER_PASS // width)
+        logits = torch.cat(
+            [
+                self._prefill_rows(u_ids, u_lengths, dst_k, dst_v, slice(i, i + per_pass))
+                for i in range(0, len(u_ids), per_pass)
+            ]
+        )
+        if not self.shared and len(unique) < batch:
+            for layer_k, layer_v, src_k, src_v in zip(self.keys, self.values, dst_k, dst_v):
+                layer_k[:, :, :width] = src_k[inverse]
+                layer_v[..., :width] = src_v[inverse]
+        return logits[inverse] if len(unique) < batch else logits
+
+    def _set_members(self) -> None:
+        """Row indices of each shared prompt (empty groups dropped)."""
+        order = torch.argsort(self.group, stable=True)
+        counts = torch.bincount(self.group).tolist()
+        self.members = [(u, rows) for u, rows in enumerate(torch.split(order, counts)) if len(rows)]
+
+    def _prefill_rows(self, ids, prompt_lengths, dst_k, dst_v, rows):
+        ids, prompt_lengths = ids[rows], prompt_lengths[rows]
+        batch, width = ids.shape
+        pad_cols = width - prompt_lengths
+        cols = torch.arange(width, device=ids.device)
+        positions = (cols[None, :] - pad_cols[:, None]).clamp(min=0)
+        mask = last_mask = None
+        if bool(pad_cols.any()):
+            causal = cols[None, :] <= cols[:, None]
+            valid_key = cols[None, None, :] >= pad_cols[:, None, None]
+            # a padding query attends to itself only, so its (unused) softmax row is finite
+            eye = torch.eye(width, dtype=torch.bool, device=ids.device)
+            mask = ((causal[None] & valid_key) | eye)[:, None]
+            last_mask = mask[:, :, -1:]
+        h = self.embed(ids)
+        cos, sin = self.rotary(h, positions)
+        last = len(self.layers) - 1
+        for i, (layer, layer_k, layer_v) in enumerate(zip(self.layers, dst_k, dst_v)):
+            # the last layer's output is needed only at the last position (for the first
+            # logits); at the others only its keys and values are, so skip the rest there
+            q, k, v = self._project(layer, h, cos, sin, last_query_only=i == last)
+            layer_k[rows, :, :width] = k
+            layer_v[rows, :, :, :width] = v.transpose(-1, -2)
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=last_mask if i == last else mask,
+                is_causal=mask is None and i != last,
+                scale=self.scaling,
+                enable_gqa=True,
+            )
+            if i == last:
+                h = h[:, -1:]
+            h = self._finish_layer(layer, h, out.transpose(1, 2).reshape(batch, h.shape[1], -1))
+        return self.lm_head(self.norm(h[:, -1]))
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row; return the next logits (b, vocab)."""
+        batch = tokens.shape[0]
+        col = self.filled
+        h = self.embed(tokens[:, None])
+        cos, sin = self.rotary(h, self.positions[:, None])
+        group = self.n_heads // self.n_kv
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._project(layer, h, cos, sin)
+            self.keys[i][:, :, col] = k[:, :, 0]
+            self.values[i][:, :, :, col] = v[:, :, 0]
+            q = q.reshape(batch, self.n_kv, group, self.head_dim).to(self.cache_dtype)
+            attend = self._shared_attention if self.shared else self._own_attention
+            out = attend(i, q).transpose(-1, -2).reshape(batch, 1, -1).to(self.dtype)
+            h = self._finish_layer(layer, h, out)
+        self.filled += 1
+        self.positions += 1
+        return self.lm_head(self.norm(h[:, 0]))
+
+    def _own_attention(self, i: int, q: torch.Tensor) -> torch.Tensor:
+        """Attention over each row's own cache; returns (b, kv_heads, head_dim, group)."""
+        end = self.filled + 1
+        # grouped-query attention, one small GEMM per (row, kv head): no repeated K/V
+        scores = torch.matmul(self.keys[i][:, :, :end], q.transpose(-1, -2)).transpose(-1, -2)
+        scores.mul_(self.scaling)
+        if self.padded:
+            scores.add_(self.key_bias[..., :end])
+        weights = scores.softmax(dim=-1)
+        return torch.matmul(self.values[i][..., :end], weights.transpose(-1, -2))
+
+    def _shared_attention(self, i: int, q: torch.Tensor) -> torch.Tensor:
+        """Attention over a shared prompt cache plus each row's generated tokens.
+
+        One softmax over the concatenated scores, so the result equals attention over the
+        row's full (prompt + generated) cache; only the products are split.
+        """
+        batch, n_kv, group, dim = q.shape
+        end = self.filled + 1
+        prompt_k, prompt_v = self.prompt_keys[i], self.prompt_values[i]
+        width = prompt_k.shape[2]
+        own = torch.matmul(self.keys[i][:, :, :end], q.transpose(-1, -2)).transpose(-1, -2)
+        prompt = torch.empty((batch, n_kv, group, width), dtype=q.dtype, device=q.device)
+        for u, rows in self.members:
+            # all queries of one prompt's rows against its keys: one GEMM per kv head
+            qu = q[rows].transpose(0, 1).reshape(n_kv, len(rows) * group, dim)
+            su = torch.matmul(qu, prompt_k[u].transpose(-1, -2))
+            prompt.index_copy_(0, rows, su.view(n_kv, len(rows), group, width).transpose(0, 1))
+        scores = torch.cat([prompt, own], dim=-1).mul_(self.scaling)
+        if self.padded:
+            scores[..., :width] += self.row_bias
+        weights = scores.softmax(dim=-1)
+        out = torch.matmul(self.values[i][..., :end], weights[..., width:].transpose(-1, -2))
+        for u, rows in self.members:
+            wu = weights[rows, ..., :width].transpose(0, 1).reshape(n_kv, len(rows) * group, width)
+            ou = torch.matmul(prompt_v[u], wu.transpose(-1, -2))  # (kv, dim, rows * group)
+            ou = ou.view(n_kv, dim, len(rows), group).permute(2, 0, 1, 3)
+            out.index_add_(0, rows, ou)
+        return out
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only the rows in ``index``."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+        self.positions = self.positions[index]
+        if self.shared:
+            self.group = self.group[index]
+            self._set_members()
+            if self.padded:
+                self.row_bias = self.row_bias[index]
+        elif self.padded:
+            self.key_bias = self.key_bias[index]
+
+
+class _StaticCacheRunner:
+    """Any HF causal LM: its own forward with a ``StaticCache`` and explicit positions."""
+
+    can_select = False
+
+    def __init__(self, model, max_new_tokens: int):
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+
+    def prefill(self, ids: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+        from transformers import StaticCache
+
+        batch, width = ids.shape
+        total = width + self.max_new_tokens - 1
+        self.cache = StaticCache(config=self.model.config, max_cache_len=total)
+        cols = torch.arange(total, device=ids.device)
+        self.mask = (cols[None, :] >= (width - prompt_lengths)[:, None]).long()
+        positions = (cols[None, :width] - (width - prompt_lengths)[:, None]).clamp(min=0)
+        self.positions = prompt_lengths.clone()
+        self.filled = width
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self.mask[:, :width],
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.filled += 1
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.mask[:, : self.filled],
+            position_ids=self.positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.positions += 1
+        return out.logits[:, -1]
+
+
+class KVCacheSampler:
+    """Batched sampling for HF causal LMs on a preallocated KV cache.
+
+    Args:
+        max_batch_size: most prompts one worker decodes together; its share of a larger request
+            runs in consecutive chunks (bounds the cache memory: 2 * layers * kv_heads *
+            head_dim * (prompt + max_new_tokens) * dtype bytes per row). None = no limit.
+        workers: parallel decode streams on a CPU model, each a Python thread that decodes a
+            contiguous slice of the batch with one intra-op thread. Independent streams scale
+            over cores better than one stream with intra-op threads, and degrade gracefully on
+            a shared machine (docs/rollout.md). None = ``torch.get_num_threads()`` on CPU
+            (fewer when a stream would get under ``MIN_ROWS_PER_WORKER`` rows), 1 elsewhere.
+        fast_path: use the direct decoder runner where the model supports it (Qwen2, Llama);
+            False forces the generic ``StaticCache`` path (same distribution, its own draws).
+        compact_below: once the fraction of unfinished rows falls to this value, finished rows
+            are removed from the cache (fast path only); 0 disables it.
+
+    Samples are a deterministic function of the generator's state, ``workers``,
+    ``max_batch_size`` and ``compact_below``: each stream draws from its own generator seeded
+    from ``generator`` (or from the global RNG when it is None).
+    """
+
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        workers: int | None = None,
+        fast_path: bool = True,
+        compact_below: float = 0.75,
+    ):
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1 or None; got {max_batch_size!r}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1 or None; got {workers!r}")
+        if not 0 <= compact_below <= 1:
+            raise ValueError(f"compact_below must be in [0, 1]; got {compact_below!r}")
+        self.max_batch_size = max_batch_size
+        self.workers = workers
+        self.fast_path = fast_path
+        self.compact_below = compact_below
+
+    def generate(
+        self,
+        model,
+        prompt_ids: list[list[int]],
+        params: SamplingParams,
+        *,
+        pad_token_id: int,
+        generator: torch.Generator | None = None,
+    ) -> Rollouts:
+        check_prompts(prompt_ids)
+        batch = len(prompt_ids)
+        out = empty_rollouts(batch, params, pad_token_id)
+        device = next(model.parameters()).device
+        workers = self.workers
+        if workers is None:
+            cores = torch.get_num_threads() if device.type == "cpu" else 1
+            workers = max(1, min(cores, batch // MIN_ROWS_PER_WORKER))
+        workers = min(workers, batch)
+        seeds = torch.randint(2**62, (workers,), generator=generator).tolist()
+        bounds = [batch * i // workers for i in range(workers + 1)]
+        parts = [
+            (range(bounds[i], bounds[i + 1]), torch.Generator(device).manual_seed(seeds[i]))
+            for i in range(workers)
+        ]
+        runner_cls = _StaticCacheRunner
+        if self.fast_path and supports_fast_path(model):
+            runner_cls = _DecoderRunner
+
+        def run(rows: range, part_generator: torch.Generator, threads: int | None) -> None:
+            if threads is not None:
+                # per-thread OpenMP setting: the caller's own thread count is left untouched
+                torch.set_num_threads(threads)
+            chunk = self.max_batch_size or len(rows)
+            with torch.inference_mode():
+                for start in range(rows.start, rows.stop, chunk):
+                    stop = min(start + chunk, rows.stop)
+                    ids, lengths = left_pad(prompt_ids[start:stop], pad_token_id, device)
+                    runner = runner_cls(model, params.max_new_tokens)
+                    self._decode(runner, ids, lengths, params, part_generator, out, start)
+
+        was_training = model.training
+        model.eval()
+        try:
+            if workers == 1:
+                run(*parts[0], threads=None)
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    futures = [pool.submit(run, *part, threads=1) for part in parts]
+                    for future in futures:
+                        future.result()
+        finally:
+            model.train(was_training)
+        return out
+
+    def _decode(self, runner, ids, prompt_lengths, params, generator, out, row_offset):
+        """The sampling loop shared by both runners; writes rows ``row_offset...`` of ``out``."""
+        batch = ids.shape[0]
+        rows = torch.arange(row_offset, row_offset + batch)
+        out.lengths[rows] = params.max_new_tokens
+        out.truncated[rows] = True
+        stops = torch.tensor(params.stop_token_ids, dtype=torch.long)
+        alive = torch.ones(batch, dtype=torch.bool)
+        logits = runner.prefill(ids, prompt_lengths)
+        for t in range(params.max_new_tokens):
+            tokens, logprobs = select_tokens(logits, params, generator)
+            tokens_cpu, logprobs_cpu = tokens.cpu(), logprobs.cpu()
+            live = rows[alive]
+            out.tokens[live, t] = tokens_cpu[alive]
+            out.logprobs[live, t] = logprobs_cpu[alive]
+            if len(stops):
+                stopped = alive & torch.isin(tokens_cpu, stops)
+                out.lengths[rows[stopped]] = t + 1
+                out.truncated[rows[stopped]] = False
+                alive &= ~stopped
+            if t == params.max_new_tokens - 1 or not alive.any():
+                break
+            if runner.can_select and alive.sum() <= self.compact_below * len(alive):
+                keep = alive.nonzero().squeeze(1)
+                runner.select(keep.to(ids.device))
+                rows, alive, tokens = rows[keep], alive[keep], tokens[keep.to(tokens.device)]
+            logits = runner.step(tokens)

@@ -1,0 +1,166 @@
+"""Supervised warm-start: next-token loss on the answer tokens only (MAXRL.md section 5).
+
+The paper trains its maze model with SFT before RL: AdamW (0.9, 0.95), weight decay 0.01, lr 5e-4,
+batch 32, gradient clip 1.0, 1500 steps, loss on answer tokens only. ``maxrl sft`` reads the same
+config file as ``maxrl train`` and runs only this stage, into ``<run.out_dir>/sft``; its
+``final/`` folder is a Hugging Face checkpoint that ``model.init`` accepts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from maxrl.config import parse_cli, save_config
+from maxrl.eval.evaluate import evaluate, make_rollout_sampler
+from maxrl.rollout import SamplingParams
+from maxrl.tasks import make_task
+from maxrl.train.common import (
+    MetricsLogger,
+    Timer,
+    build_policy,
+    encode_prompts,
+    latest_checkpoint,
+    load_policy,
+    load_trainer_state,
+    lr_lambda,
+    quiet_transformers,
+    save_checkpoint,
+    set_threads,
+    step_seed,
+    stop_ids,
+)
+from maxrl.train.config import TrainConfig
+
+
+def sft_batch(tokenizer, items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, labels): labels are -100 except on answer tokens and eos."""
+    prompts = encode_prompts(tokenizer, items)
+    answers = [
+        tokenizer(it.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        for it in items
+    ]
+    width = max(len(p) + len(a) for p, a in zip(prompts, answers))
+    ids = torch.full((len(items), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+        labels[i, len(p) : len(p) + len(a)] = torch.tensor(a)
+        mask[i, : len(p) + len(a)] = 1
+    return ids, mask, labels
+
+
+def run_sft(cfg: TrainConfig, out_dir: Path) -> Path:
+    """Run (or resume, or reuse) the SFT stage; return the folder of the final checkpoint."""
+    final = out_dir / "final"
+    if (final / "config.json").exists():
+        return final
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s = cfg.sft
+    resume = latest_checkpoint(out_dir)
+    if resume is not None:
+        model, tokenizer = load_policy(str(resume), cfg.model.dtype)
+    else:
+        model, tokenizer = build_policy(cfg.model.preset, cfg.run.seed, cfg.model.dtype)
+    task = make_task(cfg.task, tokenizer)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda("cosine", s.warmup_steps, s.steps, floor=0.1)
+    )
+    start = 0
+    if resume is not None:
+        start = load_trainer_state(resume, optimizer, scheduler)["step"]
+    logger = MetricsLogger(out_dir, cfg.run.tensorboard, "", resume_step=start if resume else -1)
+    sampler = make_rollout_sampler(cfg.rollout.backend, cfg.rollout.max_batch_size)
+    eval_items = task.test_items(min(cfg.eval.prompts, cfg.task.test_count))
+    eval_params = SamplingParams(
+        cfg.rollout.max_new_tokens,
+        cfg.eval.temperature,
+        cfg.eval.top_p,
+        stop_token_ids=stop_ids(tokenizer),
+    )
+
+    def run_eval(step: int) -> dict:
+        metrics, _ = evaluate(
+            model,
+            tokenizer,
+            task,
+            eval_items,
+            samples=cfg.eval.samples,
+            sampler=sampler,
+            params=eval_params,
+            seed=cfg.run.seed,
+            step=step,
+        )
+        return metrics
+
+    if start == 0:
+        logger.log(0, run_eval(0))
+    model.train()
+    timer = Timer()
+    bar = tqdm(
+        range(start + 1, s.steps + 1),
+        desc="sft",
+        disable=not cfg.run.progress,
+        initial=start,
+        total=s.steps,
+    )
+    for step in bar:
+        items = task.train_items(s.batch_size, seed=step_seed(cfg.run.seed, step, "sft"))
+        ids, mask, labels = sft_batch(tokenizer, items)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        record = {
+            "sft/loss": loss.item(),
+            "sft/grad_norm": grad_norm.item(),
+            "sft/lr": scheduler.get_last_lr()[0],
+            "time/step_s": timer.lap(),
+        }
+        if step % cfg.eval.every == 0 or step == s.steps:
+            record.update(run_eval(step))
+            bar.set_postfix(loss=f"{record['sft/loss']:.3f}", pass1=f"{record['eval/pass@1']:.3f}")
+        logger.log(step, record)
+        if step % cfg.run.checkpoint_every == 0 or step == s.steps:
+            save_checkpoint(
+                out_dir, step, model, tokenizer, optimizer, scheduler, keep=cfg.run.keep_checkpoints
+            )
+    logger.close()
+    tmp = out_dir / ".final_tmp"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(final)
+    return final
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_cli(TrainConfig, argv, "sft", __doc__)
+    if cfg is None:
+        return 0
+    set_threads(cfg.run.threads)
+    quiet_transformers()
+    out_dir = Path(cfg.run.out_dir) / "sft"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    final = run_sft(cfg, out_dir)
+    evals = [
+        r
+        for r in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines())
+        if "eval/pass@1" in r
+    ]
+    if evals:
+        print(
+            f"SFT held-out pass@1: {evals[0]['eval/pass@1']:.3f} (step {evals[0]['step']}) -> "
+            f"{evals[-1]['eval/pass@1']:.3f} (step {evals[-1]['step']})"
+        )
+    print(f"checkpoint: {final}")
+    return 0

@@ -1,0 +1,386 @@
+"""The RL trainer end to end on tiny models: updates, resume, PPO equivalence, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from maxrl import advantages
+from maxrl.cli import main as cli_main
+from maxrl.config import ConfigError, load_config
+from maxrl.models import build_model, maze_tokenizer
+from maxrl.tasks.maze import MazeTask
+from maxrl.train import rl
+from maxrl.train.common import concat_batch, latest_checkpoint, load_policy, read_metrics
+from maxrl.train.config import TrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+class FirstMoveTask(MazeTask):
+    """Maze prompts; reward 1 when the completion starts with a move (p ~ 1/8 for a random tiny
+    model), so groups hold successes and failures from the first step."""
+
+    def __init__(self, fail_on: str | None = None):
+        super().__init__(size=7, test_count=4)
+        self.fail_on = fail_on
+
+    def verify(self, items, completions):
+        out = []
+        for c in completions:
+            words = c.split()
+            if self.fail_on is not None and words[:1] == [self.fail_on]:
+                raise RuntimeError("verifier broke")
+            out.append(float(bool(words) and words[0] in ("UP", "DOWN", "LEFT", "RIGHT")))
+        return out
+
+
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny_init")
+    build_model("tiny", seed=0).save_pretrained(path)
+    maze_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def tiny_cfg(out_dir, init, *overrides) -> TrainConfig:
+    return load_config(
+        TrainConfig,
+        None,
+        [
+            f"model.init={init}",
+            f"run.out_dir={out_dir}",
+            "task.maze_size=7",
+            "task.test_count=4",
+            "rollout.prompts_per_step=4",
+            "rollout.rollouts_per_prompt=8",
+            "rollout.max_new_tokens=8",
+            "eval.prompts=4",
+            "eval.samples=8",
+            "eval.every=2",
+            "run.steps=4",
+            "run.checkpoint_every=2",
+            "run.tensorboard=false",
+            "run.progress=false",
+            "optim.lr=3e-3",
+            *overrides,
+        ],
+    )
+
+
+def _deterministic(records):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+
+
+def test_every_trainable_parameter_changes(tmp_path, tiny_init):
+    before = {n: p.clone() for n, p in load_policy(tiny_init)[0].named_parameters()}
+    cfg = tiny_cfg(tmp_path, tiny_init, "run.steps=3")
+    rl.train(cfg, task=FirstMoveTask())
+    after = dict(load_policy(str(latest_checkpoint(tmp_path)))[0].named_parameters())
+    unchanged = [n for n, p in after.items() if torch.equal(p, before[n])]
+    assert not unchanged, unchanged
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    train = [r for r in records if "train/reward_mean" in r]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert all(0 < r["train/reward_mean"] < 1 for r in train)
+    assert all(r["train/grad_norm"] > 0 and math.isfinite(r["train/loss"]) for r in train)
+    assert all(0 < r["train/entropy"] <= math.log(32) for r in train)
+    assert train[-1]["train/rollouts"] == 3 * 4 * 8
+
+
+def test_resume_after_a_crash_replays_the_same_run(tmp_path, tiny_init, monkeypatch):
+    full = tmp_path / "full"
+    rl.train(tiny_cfg(full, tiny_init, "run.steps=6"), task=FirstMoveTask())
+
+    crashed = tmp_path / "crashed"
+    real = rl.optimise
+
+    def crash_at_5(model, ref, opt, groups, adv, cfg, step, pad):
+        if step == 5:
+            raise KeyboardInterrupt("killed")
+        return real(model, ref, opt, groups, adv, cfg, step, pad)
+
+    monkeypatch.setattr(rl, "optimise", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        rl.train(tiny_cfg(crashed, tiny_init, "run.steps=6"), task=FirstMoveTask())
+    assert latest_checkpoint(crashed).name == "step_0000004"
+    monkeypatch.setattr(rl, "optimise", real)
+    rl.train(tiny_cfg(crashed, tiny_init, "run.steps=6"), task=FirstMoveTask())
+
+    a = _deterministic(read_metrics(full / "metrics.jsonl"))
+    b = _deterministic(read_metrics(crashed / "metrics.jsonl"))
+    assert [r["step"] for r in b] == [r["step"] for r in a]
+    assert a == b
+    wa = load_policy(str(latest_checkpoint(full)))[0].state_dict()
+    wb = load_policy(str(latest_checkpoint(crashed)))[0].state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_crash_while_saving_leaves_the_last_checkpoint_intact(tmp_path, tiny_init, monkeypatch):
+    rl.train(tiny_cfg(tmp_path, tiny_init, "run.steps=2"), task=FirstMoveTask())
+    good = latest_checkpoint(tmp_path)
+    real_save = torch.save
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        rl.train(tiny_cfg(tmp_path, tiny_init, "run.steps=4"), task=FirstMoveTask())
+    monkeypatch.setattr(torch, "save", real_save)
+    assert latest_checkpoint(tmp_path) == good
+    load_policy(str(good))  # still loads
+
+
+def test_ppo_with_one_epoch_and_minibatch_equals_the_on_policy_gradient(tmp_path, tiny_init):
+    """One epoch, one minibatch: the clipped-ratio update equals plain REINFORCE with the group
+    advantage, -(1/tokens) sum_i A_i sum_t log pi, computed here by hand."""
+    from maxrl.eval.evaluate import make_rollout_sampler, sample_groups
+    from maxrl.rollout import SamplingParams
+    from maxrl.train.common import token_logprobs
+
+    model, tok = load_policy(tiny_init)
+    task = FirstMoveTask()
+    items = task.train_items(4, seed=3)
+    groups = sample_groups(
+        model,
+        tok,
+        task,
+        items,
+        8,
+        make_rollout_sampler("kv"),
+        SamplingParams(8, stop_token_ids=(tok.eos_token_id,)),
+        torch.Generator().manual_seed(0),
+    )
+    adv = advantages.compute("maxrl", groups.rewards.reshape(4, 8)).reshape(-1)
+    assert adv.abs().sum() > 0
+
+    def grads_after(cfg):
+        m, _ = load_policy(tiny_init)
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)
+        rl.optimise(m, None, opt, groups, adv, cfg, 1, tok.pad_token_id)
+        return {n: p.grad.clone() for n, p in m.named_parameters()}
+
+    m, _ = load_policy(tiny_init)
+    ids, attn, resp = concat_batch(groups.prompt_ids, groups.response_ids, tok.pad_token_id)
+    logp, _ = token_logprobs(m, ids, attn)  # a full forward over every prompt + response
+    mask = resp[:, 1:].float()
+    loss = -(adv[:, None] * logp * mask).sum() / mask.sum()
+    loss.backward()
+    manual = {n: p.grad for n, p in m.named_parameters()}
+
+    on_policy = grads_after(tiny_cfg(tmp_path, tiny_init, "optim.grad_clip=0"))
+    no_sharing = grads_after(
+        tiny_cfg(tmp_path, tiny_init, "optim.grad_clip=0", "model.gradient_checkpointing=true")
+    )
+    for n in manual:
+        torch.testing.assert_close(on_policy[n], manual[n], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(no_sharing[n], manual[n], rtol=1e-4, atol=1e-6)
+
+
+def test_ppo_first_pass_matches_on_policy(tmp_path, tiny_init):
+    """With ratio = exp(logp - sampling logp) ~ 1, the first PPO minibatch gradient equals the
+    on-policy gradient to sampler/forward float agreement."""
+    from maxrl.train.loss import policy_loss
+
+    logp = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    old = logp.detach().clone()
+    adv = torch.randn(6, dtype=torch.float64)
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    g = []
+    for on_policy in (True, False):
+        out = policy_loss(
+            logp,
+            old,
+            adv,
+            mask,
+            agg="token_mean",
+            denom=float(mask.sum()),
+            clip_eps=0.2,
+            on_policy=on_policy,
+        )
+        (grad,) = torch.autograd.grad(out.loss, logp)
+        g.append(grad)
+    torch.testing.assert_close(g[0], g[1], rtol=0, atol=1e-15)
+    want = -(adv[:, None] * mask) / mask.sum()
+    torch.testing.assert_close(g[0], want, rtol=0, atol=1e-15)
+
+
+def test_verifier_that_throws_scores_zero_and_the_run_goes_on(tmp_path, tiny_init):
+    with pytest.warns(UserWarning, match="verifier raised"):
+        rl.train(tiny_cfg(tmp_path, tiny_init, "run.steps=2"), task=FirstMoveTask(fail_on="UP"))
+    train = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "train/reward_mean" in r]
+    assert sum(r["train/verifier_errors"] for r in train) > 0
+    assert len(train) == 2
+
+
+def test_nan_loss_is_skipped_then_stops_with_the_checkpoint_intact(
+    tmp_path, tiny_init, monkeypatch
+):
+    real = rl.policy_loss
+    calls = {"step": 0}
+
+    def nan_from_step_3(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if calls["step"] >= 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    real_opt = rl.optimise
+
+    def tracking(model, ref, opt, groups, adv, cfg, step, pad):
+        calls["step"] = step
+        return real_opt(model, ref, opt, groups, adv, cfg, step, pad)
+
+    monkeypatch.setattr(rl, "policy_loss", nan_from_step_3)
+    monkeypatch.setattr(rl, "optimise", tracking)
+    cfg = tiny_cfg(
+        tmp_path, tiny_init, "run.steps=8", "run.checkpoint_every=1", "run.max_nan_steps=3"
+    )
+    with pytest.warns(UserWarning, match="non-finite"):
+        with pytest.raises(rl.NonFiniteLossError, match="3 consecutive.*step 5.*step_0000004"):
+            rl.train(cfg, task=FirstMoveTask())
+    # skipped steps leave the weights of step 2 untouched, and those are what was saved since
+    good = latest_checkpoint(tmp_path)
+    assert good.name == "step_0000004"
+    model, _ = load_policy(str(good))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["train/skipped"] for r in records if "train/skipped" in r] == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("algo.estimator=maxrll", "unknown advantage estimator 'maxrll'"),
+        ("algo.params={T: 9}", "T=9 exceeds the group size N=8"),
+        ("algo.lossagg=token_mean", "unknown config key 'algo.lossagg'"),
+        ("algo.loss_agg=mean", "loss_agg must be one of"),
+        ("rollout.rollouts_per_prompt=1", "at least 2 rollouts"),
+    ],
+)
+def test_bad_config_raises_clearly(tmp_path, tiny_init, override, match):
+    extra = ["algo.estimator=maxrl_t"] if "T:" in override else []
+    with pytest.raises((ValueError, ConfigError), match=match):
+        tiny_cfg(tmp_path, tiny_init, *extra, override)
+
+
+def test_shipped_configs_resolve_to_the_estimator_they_name():
+    files = sorted(CONFIGS.glob("maze_*.yaml"))
+    names = {f.stem.removeprefix("maze_") for f in files}
+    assert set(advantages.names()) <= names | {"paper", "quick"}, names
+    for f in files:
+        cfg = load_config(TrainConfig, f)
+        name = f.stem.removeprefix("maze_")
+        if name in advantages.names():
+            assert cfg.algo.estimator == name, f
+            advantages.validate_params(name, cfg.rollout.rollouts_per_prompt, **cfg.algo.params)
+
+
+def test_cli_smoke_with_sft_warm_start(tmp_path):
+    out = tmp_path / "run"
+    rc = cli_main(
+        [
+            "train",
+            "model.preset=tiny",
+            "sft.steps=6",
+            "sft.batch_size=4",
+            "run.steps=2",
+            "task.maze_size=7",
+            "task.test_count=4",
+            "eval.prompts=4",
+            "eval.samples=4",
+            "eval.every=1",
+            "rollout.prompts_per_step=2",
+            "rollout.rollouts_per_prompt=4",
+            "rollout.max_new_tokens=8",
+            f"run.out_dir={out}",
+            "run.progress=false",
+        ]
+    )
+    assert rc == 0
+    for name in (
+        "summary.md",
+        "pass_at_k.png",
+        "training.png",
+        "config.yaml",
+        "sft/final/config.json",
+    ):
+        assert (out / name).exists(), name
+    records = read_metrics(out / "metrics.jsonl")
+    evals = [r for r in records if "eval/pass@1" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2]
+    for r in evals:
+        values = [r[f"eval/pass@{k}"] for k in (1, 2, 4)]
+        assert all(0 <= v <= 1 for v in values) and values == sorted(values)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["after"]["step"] == 2
+    assert (out / "tb").exists()
+
+
+def test_shared_prefix_forward_equals_full_forward():
+    from maxrl.train.common import response_logprobs
+
+    model = build_model("tiny", seed=1).double()
+    prompts = [[1, 4, 9, 7], [1, 4, 8, 8, 9, 10, 11], [1, 5]]
+    gen = torch.Generator().manual_seed(0)
+    responses = [
+        torch.randint(
+            4, 20, (int(torch.randint(1, 6, (1,), generator=gen)),), generator=gen
+        ).tolist()
+        for _ in range(9)
+    ]
+    a, mask_a, ent_a = response_logprobs(model, prompts, responses, 3, 0, entropy=True)
+    b, mask_b, ent_b = response_logprobs(
+        model, prompts, responses, 3, 0, entropy=True, shared_prefix=False
+    )
+    assert torch.equal(mask_a, mask_b)
+    assert mask_a.sum() == sum(len(r) for r in responses)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ent_a, ent_b, rtol=1e-12, atol=1e-12)
+    grads_a = torch.autograd.grad(a.sum(), list(model.parameters()))
+    grads_b = torch.autograd.grad(b.sum(), list(model.parameters()))
+    for x, y in zip(grads_a, grads_b):
+        # RoPE tables are float32 inside the model, hence float32-level agreement
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+
+
+def test_ppo_epochs_and_minibatches_run_and_clip(tmp_path, tiny_init):
+    cfg = tiny_cfg(
+        tmp_path,
+        tiny_init,
+        "run.steps=2",
+        "algo.ppo_epochs=3",
+        "algo.minibatches=2",
+        "optim.lr=3e-2",
+        "algo.kl_coef=0.1",
+    )
+    rl.train(cfg, task=FirstMoveTask())
+    train = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "train/clip_frac" in r]
+    assert len(train) == 2
+    assert any(r["train/clip_frac"] > 0 for r in train)
+    assert train[-1]["train/kl"] > 0
+
+
+def test_lora_trains_adapters_only_and_resumes(tmp_path, tiny_init):
+    pytest.importorskip("peft")
+    cfg = tiny_cfg(tmp_path, tiny_init, "run.steps=2", "model.lora_rank=2", "optim.lr=3e-2")
+    rl.train(cfg, task=FirstMoveTask())
+    ckpt = latest_checkpoint(tmp_path)
+    assert (ckpt / "adapter_config.json").exists()
+    from safetensors.torch import load_file
+
+    adapters = load_file(ckpt / "adapter_model.safetensors")
+    assert adapters and all("lora" in k for k in adapters)
+    assert any(v.abs().sum() > 0 for k, v in adapters.items() if "lora_B" in k)  # B starts at 0
+    rl.train(
+        tiny_cfg(tmp_path, tiny_init, "run.steps=3", "model.lora_rank=2", "optim.lr=3e-2"),
+        task=FirstMoveTask(),
+    )
+    steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if "train/loss" in r]
+    assert steps == [1, 2, 3]
