@@ -1,0 +1,233 @@
+"""``maxrl sweep``: estimators x rollouts per prompt x seeds from one config (the paper's Fig. 3).
+
+Every run of the grid starts from the same SFT checkpoint (made once, or ``base.model.init``)
+with the same step budget, so more rollouts per prompt means more training rollouts. Runs live
+in ``out_dir/<method>/N<n>/seed<s>``; a run with a ``summary.json`` is done and skipped, a run
+with checkpoints is resumed, so re-running the command finishes a half-done grid.
+
+Outputs: ``results.md`` (mean and spread over seeds of the final held-out metrics, and the
+sample-efficiency factor of MaxRL over GRPO), ``results.json``, ``neg_log_pass_vs_rollouts.png``
+(-log pass@k against training rollouts per prompt for k = 1 and the largest k) and
+``pass_at_k_curves.png`` (final pass@k curves per method at the largest N).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from maxrl import advantages, passk
+from maxrl.config import parse_cli, save_config
+from maxrl.train.config import TrainConfig
+
+
+@dataclass
+class MethodSpec:
+    name: str = field(default="maxrl", metadata={"help": "label of the method in tables"})
+    estimator: str = field(default="maxrl", metadata={"help": "advantage estimator"})
+    params: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "estimator parameters; T or k may be 'N' or 'N/<d>' (of the group size)"},
+    )
+
+
+def _default_methods() -> list[MethodSpec]:
+    return [MethodSpec("maxrl", "maxrl"), MethodSpec("grpo", "grpo"), MethodSpec("rloo", "rloo")]
+
+
+@dataclass
+class SweepConfig:
+    base: TrainConfig = field(default_factory=TrainConfig)
+    methods: list[MethodSpec] = field(default_factory=_default_methods)
+    rollouts: list[int] = field(
+        default_factory=lambda: [4, 16], metadata={"help": "rollouts per prompt to sweep"}
+    )
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "RL seeds"})
+    out_dir: str = field(default="runs/sweep", metadata={"help": "grid folder"})
+    baseline: str = field(
+        default="grpo", metadata={"help": "method the efficiency factor is against"}
+    )
+    target: str = field(default="maxrl", metadata={"help": "method whose efficiency is reported"})
+
+    def validate(self) -> None:
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names):
+            raise ValueError(f"method names must be unique; got {names}")
+        for m in self.methods:
+            for n in self.rollouts:
+                advantages.validate_params(m.estimator, n, **resolve_params(m.params, n))
+        if not self.seeds or not self.rollouts:
+            raise ValueError("seeds and rollouts must each list at least one value")
+
+
+def resolve_params(params: dict, n: int) -> dict:
+    """Turn 'N' and 'N/<d>' into numbers for a group of ``n``."""
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, str) and value.startswith("N"):
+            div = int(value.split("/")[1]) if "/" in value else 1
+            value = max(1, n // div)
+        out[key] = value
+    return out
+
+
+def run_config(cfg: SweepConfig, method: MethodSpec, n: int, seed: int, init: str) -> TrainConfig:
+    run = copy.deepcopy(cfg.base)
+    run.model.init = init
+    run.algo.estimator = method.estimator
+    run.algo.params = resolve_params(method.params, n)
+    run.rollout.rollouts_per_prompt = n
+    run.run.seed = seed
+    run.run.out_dir = str(Path(cfg.out_dir) / method.name / f"N{n}" / f"seed{seed}")
+    run.validate()
+    return run
+
+
+def sweep(cfg: SweepConfig) -> dict:
+    from maxrl.train.common import quiet_transformers, set_threads
+    from maxrl.train.rl import train
+
+    set_threads(cfg.base.run.threads)
+    quiet_transformers()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "sweep.yaml")
+    init = cfg.base.model.init
+    if not init:
+        from maxrl.train.sft import run_sft
+
+        init = str(run_sft(cfg.base, out / "sft"))
+    grid = [(m, n, s) for m in cfg.methods for n in cfg.rollouts for s in cfg.seeds]
+    for i, (method, n, seed) in enumerate(grid, 1):
+        run = run_config(cfg, method, n, seed, init)
+        if (Path(run.run.out_dir) / "summary.json").exists():
+            continue
+        print(f"[{i}/{len(grid)}] {method.name} N={n} seed={seed}", flush=True)
+        train(run)
+    return summarise(cfg)
+
+
+def _final_eval(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())["after"]
+
+
+def summarise(cfg: SweepConfig) -> dict:
+    from maxrl.eval.report import curve_of
+
+    out = Path(cfg.out_dir)
+    results: dict[str, dict[int, list[dict]]] = {}
+    for m in cfg.methods:
+        for n in cfg.rollouts:
+            runs = [out / m.name / f"N{n}" / f"seed{s}" for s in cfg.seeds]
+            done = [_final_eval(r) for r in runs if (r / "summary.json").exists()]
+            if done:
+                results.setdefault(m.name, {})[n] = done
+    if not results:
+        raise ValueError(f"no finished runs under {out}")
+    any_record = next(iter(next(iter(results.values())).values()))[0]
+    ks, _ = curve_of(any_record)
+    k_big = ks[-1]
+    lines = [
+        f"| method | N | seeds | pass@1 | pass@{k_big} | -log pass@1 | -log pass@{k_big} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    table = {}
+    for name, by_n in results.items():
+        for n, recs in sorted(by_n.items()):
+            row = {}
+            for key in (
+                "eval/pass@1",
+                f"eval/pass@{k_big}",
+                "eval/neg_log_pass@1",
+                f"eval/neg_log_pass@{k_big}",
+            ):
+                vals = np.array([r[key] for r in recs], dtype=float)
+                with np.errstate(invalid="ignore"):  # -log 0 = inf in a never-solved run
+                    spread = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+                row[key] = (float(vals.mean()), spread)
+            table[f"{name}/N{n}"] = {"seeds": len(recs), **row}
+            cells = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in row.values())
+            lines.append(f"| {name} | {n} | {len(recs)} | {cells} |")
+    n_max = max(cfg.rollouts)
+    curves = {}
+    for name, by_n in results.items():
+        if n_max in by_n:
+            recs = by_n[n_max]
+            values = np.mean([curve_of(r)[1] for r in recs], axis=0)
+            curves[name] = passk.PassAtKCurve(tuple(ks), tuple(float(v) for v in values))
+    factor = None
+    if cfg.target in curves and cfg.baseline in curves:
+        factor = passk.sample_efficiency(curves[cfg.target], curves[cfg.baseline])
+        lines.append(
+            f"\nSample-efficiency factor of {cfg.target} over {cfg.baseline} at N={n_max}, at "
+            f"the coverage {cfg.baseline} reaches at k={k_big} "
+            f"(pass@{k_big} = {curves[cfg.baseline].pass_at_k[-1]:.3f}): {factor:.2f}x"
+        )
+    text = "\n".join(lines)
+    (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "table": table,
+                "sample_efficiency": factor,
+                "k_max": k_big,
+                "curves": {k: dict(zip(map(str, c.ks), c.pass_at_k)) for k, c in curves.items()},
+            },
+            indent=1,
+            default=lambda x: None if isinstance(x, float) and math.isnan(x) else x,
+        )
+    )
+    _plots(out, results, ks, curves, n_max)
+    return {"table": text, "factor": factor, "results": table}
+
+
+def _plots(out: Path, results, ks, curves, n_max) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, k in zip(axes, (1, ks[-1])):
+        for name, by_n in results.items():
+            ns = sorted(by_n)
+            vals = [[r[f"eval/neg_log_pass@{k}"] for r in by_n[n]] for n in ns]
+            mean = [float(np.mean(v)) for v in vals]
+            with np.errstate(invalid="ignore"):
+                err = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in vals]
+            ax.errorbar(ns, mean, yerr=err, marker="o", capsize=3, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("rollouts per prompt (same steps)")
+        ax.set_ylabel(f"-log pass@{k}")
+        ax.set_title(f"held-out -log pass@{k} (mean ± sd over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "neg_log_pass_vs_rollouts.png", dpi=120)
+    plt.close(fig)
+    from maxrl.eval.report import plot_passk
+
+    plot_passk(
+        out / "pass_at_k_curves.png",
+        {
+            name: {f"eval/pass@{k}": v for k, v in zip(c.ks, c.pass_at_k)}
+            for name, c in curves.items()
+        },
+        title=f"held-out pass@k after RL, N={n_max} (mean over seeds)",
+    )
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_cli(SweepConfig, argv, "sweep", __doc__)
+    if cfg is None:
+        return 0
+    summary = sweep(cfg)
+    print(summary["table"])
+    print(f"grid folder: {cfg.out_dir}")
+    return 0

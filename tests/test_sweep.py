@@ -1,0 +1,93 @@
+"""The sweep command: a grid of runs, its resume, and its summary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maxrl.config import load_config
+from maxrl.models import build_model, maze_tokenizer
+from maxrl.sweep import SweepConfig, resolve_params, summarise, sweep
+
+
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny_init")
+    build_model("tiny", seed=0).save_pretrained(path)
+    maze_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def grid_cfg(out, init, *extra) -> SweepConfig:
+    return load_config(
+        SweepConfig,
+        None,
+        [
+            f"out_dir={out}",
+            f"base.model.init={init}",
+            "base.task.maze_size=7",
+            "base.task.test_count=4",
+            "base.rollout.prompts_per_step=2",
+            "base.rollout.max_new_tokens=6",
+            "base.eval.prompts=4",
+            "base.eval.samples=4",
+            "base.eval.every=2",
+            "base.run.steps=2",
+            "base.run.checkpoint_every=2",
+            "base.run.tensorboard=false",
+            "base.run.progress=false",
+            "methods=[{name: maxrl, estimator: maxrl}, {name: maxrl_t, estimator: maxrl_t, "
+            "params: {T: N/2}}, {name: grpo, estimator: grpo}]",
+            "rollouts=[2,4]",
+            "seeds=[0,1]",
+            *extra,
+        ],
+    )
+
+
+def test_grid_runs_resumes_and_summarises(tmp_path, tiny_init):
+    cfg = grid_cfg(tmp_path, tiny_init)
+    summary = sweep(cfg)
+    runs = sorted(p.parent for p in tmp_path.glob("*/N*/seed*/summary.json"))
+    assert len(runs) == 3 * 2 * 2
+    table = (tmp_path / "results.md").read_text()
+    for name in ("maxrl", "maxrl_t", "grpo"):
+        assert f"| {name} | 2 | 2 |" in table and f"| {name} | 4 | 2 |" in table
+    assert (tmp_path / "neg_log_pass_vs_rollouts.png").exists()
+    assert (tmp_path / "pass_at_k_curves.png").exists()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["k_max"] == 4 and len(results["table"]) == 6
+    # maxrl_t's T followed N: T = N/2
+    cfg_used = (tmp_path / "maxrl_t" / "N4" / "seed1" / "config.yaml").read_text()
+    assert "T: 2" in cfg_used
+    # a half-finished grid: only the missing run is redone, the others are kept as they are
+    victim = tmp_path / "grpo" / "N4" / "seed0"
+    kept = (tmp_path / "maxrl" / "N2" / "seed0" / "metrics.jsonl").stat().st_mtime_ns
+    (victim / "summary.json").unlink()
+    again = sweep(cfg)
+    assert (victim / "summary.json").exists()
+    assert (tmp_path / "maxrl" / "N2" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == kept
+    assert again["table"] == summary["table"]
+
+
+def test_resolve_params_and_bad_grids(tmp_path, tiny_init):
+    assert resolve_params({"T": "N", "k": "N/4", "x": 3}, 16) == {"T": 16, "k": 4, "x": 3}
+    with pytest.raises(ValueError, match="T=8 exceeds the group size N=2"):
+        grid_cfg(tmp_path, tiny_init, "methods=[{name: a, estimator: maxrl_t, params: {T: 8}}]")
+    with pytest.raises(ValueError, match="unique"):
+        grid_cfg(
+            tmp_path, tiny_init, "methods=[{name: a, estimator: maxrl}, {name: a, estimator: grpo}]"
+        )
+    with pytest.raises(ValueError, match="no finished runs"):
+        summarise(grid_cfg(tmp_path / "empty", tiny_init))
+
+
+def test_shipped_sweep_configs_are_valid():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("sweep_*.yaml"))
+    assert len(files) >= 2
+    for f in files:
+        cfg = load_config(SweepConfig, f)
+        assert {m.estimator for m in cfg.methods} >= {"maxrl", "grpo", "rloo"}
