@@ -36,9 +36,9 @@ failure, as in MAXRL.md; the default) or, when T < N, the same subset-hit probab
 from the other N-1 rollouts, b_i = 1 - C(N-1-K_{-i},T)/C(N-1,T) (``baseline="loo"``), or none.
 A baseline that depends only on the other rollouts has E[b_i S_i] = E[b_i] E[S_i] = 0, so all
 three are exactly unbiased for J_T. The leave-one-out baseline gives all-fail groups zero
-advantage, but it does not lower the variance in general: measured on small categorical and
-Bernoulli policies, the constant baseline had the lower variance at small p, and none dominates
-(``benchmarks/estimator_variance.py`` prints the comparison).
+advantage; which baseline has the lowest variance depends on p, T and the policy, and none wins
+everywhere (``benchmarks/estimator_variance.py`` prints the comparison; docs/estimators.md has
+the figures).
 
 ``pass_at_k`` is the U-statistic of max(r) sum_{j in subset} S_j over k-subsets (the gradient
 of pass@k; Walder and Karkhanis 2025, PKPO) with the leave-one-out unbiased pass@k of the other
@@ -160,7 +160,9 @@ def _grpo(g: _Groups, eps: float, unbiased_std: bool) -> torch.Tensor:
     # sum (r - mean)^2 = Q - S^2/N; clamp the rounding error of a constant group to 0
     ss = (g.q - g.s * mean).clamp_min(0)
     std = torch.sqrt(ss / (g.n - 1 if unbiased_std else g.n))
-    return (g.r - mean) / (std + eps)
+    scale = std + eps
+    # a constant group has r = mean: advantage 0 (not 0/0 when eps = 0)
+    return torch.where(scale > 0, (g.r - mean) / torch.where(scale > 0, scale, 1.0), 0.0)
 
 
 @_register(
@@ -353,25 +355,29 @@ def compute(
         sums = zeros.index_add(0, gid, flat)
         sq = zeros.index_add(0, gid, flat * flat)
         groups = _Groups(r=flat, n=sizes[gid], s=sums[gid], q=sq[gid])
-    adv = _tabulated(est, groups, full) if est.binary else est.fn(groups, **full)
+    sizes = [n] if gid is None else sizes.long().unique().tolist()
+    adv = _tabulated(est, groups, full, sizes) if est.binary else est.fn(groups, **full)
     return adv.reshape(r.shape).to(out_dtype)
 
 
-def _tabulated(est: Estimator, g: _Groups, params: dict) -> torch.Tensor:
+def _tabulated(est: Estimator, g: _Groups, params: dict, sizes: list[int]) -> torch.Tensor:
     """A binary-reward estimator depends on a rollout only through (r_i, N, K): evaluate it once
     per group size on the N+1 possible K for a success and a failure, then gather. This costs
-    O(N) special functions per distinct group size instead of O(B)."""
-    out = torch.empty_like(g.r)
-    sizes = g.n.unique()
-    for size in sizes.tolist():
-        k = torch.arange(int(size) + 1, dtype=torch.float64)
-        n = torch.full_like(k, size)
-        success = est.fn(_Groups(torch.ones_like(k), n, k, k), **params)
-        failure = est.fn(_Groups(torch.zeros_like(k), n, k, k), **params)
-        sel = g.n == size if len(sizes) > 1 else slice(None)
-        idx = g.s[sel].long()
-        out[sel] = torch.where(g.r[sel] > 0, success[idx], failure[idx])
-    return out
+    O(N) special functions per distinct group size instead of O(B).
+    """
+    n_tab = torch.cat([torch.full((n + 1,), float(n), dtype=torch.float64) for n in sizes])
+    k_tab = torch.cat([torch.arange(n + 1, dtype=torch.float64) for n in sizes])
+    success = est.fn(_Groups(torch.ones_like(k_tab), n_tab, k_tab, k_tab), **params)
+    failure = est.fn(_Groups(torch.zeros_like(k_tab), n_tab, k_tab, k_tab), **params)
+    if len(sizes) == 1:
+        idx = g.s.long()
+    else:  # row of (N, K) in the concatenated tables: offset of N's block, plus K
+        starts = torch.zeros(max(sizes) + 1, dtype=torch.long)
+        starts[torch.tensor(sizes)] = torch.tensor([0, *torch.tensor(sizes[:-1]).add(1).cumsum(0).tolist()])
+        idx = starts[g.n.long()] + g.s.long()
+    # one gather from a 2-row table (take() beats advanced indexing several times over here)
+    table = torch.stack([failure, success])
+    return torch.take(table, idx + (g.r > 0).long() * len(k_tab))
 
 
 def _where(gid: torch.Tensor | None, flat: torch.Tensor, mask: torch.Tensor) -> str:
