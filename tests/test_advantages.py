@@ -119,6 +119,7 @@ def test_pinned_edge_cases():
         advantages.compute("grpo", r, eps=0.0)[0], torch.tensor([1.5, -0.5, -0.5, -0.5])
     )
     torch.testing.assert_close(advantages.compute("grpo", r)[1:], torch.zeros(2, 4))
+    torch.testing.assert_close(advantages.compute("grpo", r, eps=0.0)[1:], torch.zeros(2, 4))
     torch.testing.assert_close(advantages.compute("reinforce", r), r)
     # leave-one-out maxrl_t gives all-fail and all-success groups zero advantage
     torch.testing.assert_close(
