@@ -373,7 +373,9 @@ def _tabulated(est: Estimator, g: _Groups, params: dict, sizes: list[int]) -> to
         idx = g.s.long()
     else:  # row of (N, K) in the concatenated tables: offset of N's block, plus K
         starts = torch.zeros(max(sizes) + 1, dtype=torch.long)
-        starts[torch.tensor(sizes)] = torch.tensor([0, *torch.tensor(sizes[:-1]).add(1).cumsum(0).tolist()])
+        starts[torch.tensor(sizes)] = torch.tensor(
+            [0, *torch.tensor(sizes[:-1]).add(1).cumsum(0).tolist()]
+        )
         idx = starts[g.n.long()] + g.s.long()
     # one gather from a 2-row table (take() beats advanced indexing several times over here)
     table = torch.stack([failure, success])

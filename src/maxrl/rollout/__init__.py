@@ -4,7 +4,7 @@
 *, pad_token_id, generator=None) -> Rollouts``:
 
 - ``"kv"`` (:class:`KVCacheSampler`): batched sampling on a preallocated KV cache; a direct
-  decoder runner for Qwen2/Llama models, transformers' ``StaticCache`` for any other causal LM.
+  decoder runner for Qwen2/Llama models, the model's own forward for any other causal LM.
 - ``"hf"`` (:class:`HFGenerateSampler`): ``model.generate``, the reference.
 - ``"vllm"`` (:class:`VLLMSampler`): a vLLM engine (GPU; imported only when used).
 

@@ -170,8 +170,8 @@ def finish_rollouts(
 ) -> Rollouts:
     """Cut raw (B, T <= max_new_tokens) samples at the first stop token and pad the rest.
 
-    Backends that keep sampling finished rows (HF ``generate``, the generic cache path) hand
-    their raw samples here so the stop rule lives in one place.
+    For backends whose raw output does not already follow the stop rule of
+    :class:`SamplingParams` (HF ``generate`` pads after its own eos handling, vLLM may not).
     """
     batch, steps = tokens.shape
     if params.stop_token_ids:

@@ -60,27 +60,37 @@ class HFGenerateSampler:
         seed = None
         if generator is not None:
             seed = int(torch.randint(2**62, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for start in range(0, len(prompt_ids), chunk):
-                rows = slice(start, start + chunk)
-                ids, lengths = left_pad(prompt_ids[rows], pad_token_id, device)
-                cols = torch.arange(ids.shape[1], device=device)
-                mask = (cols[None, :] >= (ids.shape[1] - lengths)[:, None]).long()
-                with torch.inference_mode():
-                    result = model.generate(
-                        input_ids=ids, attention_mask=mask, generation_config=config
-                    )
-                tokens = result.sequences[:, ids.shape[1] :]
-                logits = torch.stack(result.logits, dim=1).float()
-                if sampling:
-                    logits = logits / params.temperature
-                logprobs = logits.log_softmax(dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
-                part = finish_rollouts(tokens, logprobs, params, pad_token_id)
-                steps = tokens.shape[1]
-                out.tokens[rows, :steps] = part.tokens[:, :steps]
-                out.logprobs[rows, :steps] = part.logprobs[:, :steps]
-                out.lengths[rows] = part.lengths
-                out.truncated[rows] = part.truncated
+        # generate() fills every field left unset from model.generation_config (a checkpoint's
+        # repetition penalty, no-repeat n-grams, ...): swap in a blank one for the call
+        model_config = model.generation_config
+        model.generation_config = GenerationConfig()
+        try:
+            with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                for start in range(0, len(prompt_ids), chunk):
+                    rows = slice(start, start + chunk)
+                    self._generate_chunk(model, prompt_ids[rows], params, config, out, rows)
+        finally:
+            model.generation_config = model_config
         return out
+
+    @staticmethod
+    def _generate_chunk(model, prompts, params, config, out, rows) -> None:
+        device = next(model.parameters()).device
+        ids, lengths = left_pad(prompts, config.pad_token_id, device)
+        cols = torch.arange(ids.shape[1], device=device)
+        mask = (cols[None, :] >= (ids.shape[1] - lengths)[:, None]).long()
+        with torch.inference_mode():
+            result = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        tokens = result.sequences[:, ids.shape[1] :]
+        logits = torch.stack(result.logits, dim=1).float()
+        if params.temperature > 0:
+            logits = logits / params.temperature
+        logprobs = logits.log_softmax(dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+        part = finish_rollouts(tokens, logprobs, params, config.pad_token_id)
+        steps = tokens.shape[1]
+        out.tokens[rows, :steps] = part.tokens[:, :steps]
+        out.logprobs[rows, :steps] = part.logprobs[:, :steps]
+        out.lengths[rows] = part.lengths
+        out.truncated[rows] = part.truncated

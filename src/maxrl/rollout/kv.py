@@ -1,18 +1,18 @@
 """Batched sampling on a preallocated KV cache (the "kv" backend).
 
-Two runners share one decode loop:
+Two runners share one decode loop (sampling, stop rule, dropping finished rows):
 
 - ``_DecoderRunner`` (Qwen2 and Llama families): runs the model's own decoder modules (norms,
   projections, MLP, rotary embedding and ``apply_rotary_pos_emb`` from the model's module) layer
-  by layer, writing keys and values into preallocated buffers. What it saves over the model's
-  ``forward``: no cache object, no per-step 4D mask construction, logits only for the last
-  position, grouped-query attention without materialising repeated K/V, and the ability to drop
-  finished rows from the batch.
-- ``_StaticCacheRunner`` (any HF causal LM): the model's own ``forward`` with transformers'
-  ``StaticCache`` and explicit position ids. Slower, but needs nothing from the architecture.
+  by layer on preallocated key/value buffers. Over the model's ``forward`` it saves: the cache
+  concatenation and 4D mask building of every step, the last layer's work at prompt positions
+  other than the last (only its keys and values are needed there), the prefill and the cache of
+  a prompt repeated in the batch (prefilled once, its cache shared by its rollouts), and it
+  runs grouped-query attention without repeating K/V, in the operand layout MKL is fast on.
+- ``_ModelForwardRunner`` (any HF causal LM): the model's own ``forward`` with its default
+  ``DynamicCache`` and explicit position ids. Slower, but needs nothing from the architecture.
 
-See docs/rollout.md for the measurements behind each choice.
-"""
+See docs/rollout.md for the measurements behind each choice."""
 
 from __future__ import annotations
 
@@ -52,6 +52,11 @@ def supports_fast_path(model) -> bool:
     return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
 
 
+def _rope_type(model) -> str:
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    return getattr(rotary, "rope_type", "default")
+
+
 class _DecoderRunner:
     """Qwen2/Llama decoder stack over preallocated K/V buffers, using the model's own modules.
 
@@ -60,8 +65,6 @@ class _DecoderRunner:
     (the queries, the attention weights) is the transposed one, the layout MKL's batched GEMM
     runs about twice as fast on this CPU as ``q @ K^T`` and ``p @ V`` (docs/rollout.md).
     """
-
-    can_select = True
 
     def __init__(self, model, max_new_tokens: int):
         inner = model.model
@@ -284,34 +287,32 @@ class _DecoderRunner:
             self.key_bias = self.key_bias[index]
 
 
-class _StaticCacheRunner:
-    """Any HF causal LM: its own forward with a ``StaticCache`` and explicit positions."""
+class _ModelForwardRunner:
+    """Any HF causal LM: its own ``forward`` with its default ``DynamicCache``.
 
-    can_select = False
+    transformers' ``StaticCache`` was measured slower here: its attention always spans the
+    whole preallocated length (docs/rollout.md).
+    """
 
     def __init__(self, model, max_new_tokens: int):
         self.model = model
         self.max_new_tokens = max_new_tokens
 
     def prefill(self, ids: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
-        from transformers import StaticCache
-
-        batch, width = ids.shape
-        total = width + self.max_new_tokens - 1
-        self.cache = StaticCache(config=self.model.config, max_cache_len=total)
-        cols = torch.arange(total, device=ids.device)
-        self.mask = (cols[None, :] >= (width - prompt_lengths)[:, None]).long()
-        positions = (cols[None, :width] - (width - prompt_lengths)[:, None]).clamp(min=0)
+        width = ids.shape[1]
+        cols = torch.arange(width + self.max_new_tokens - 1, device=ids.device)
+        pad_cols = (width - prompt_lengths)[:, None]
+        self.mask = (cols[None, :] >= pad_cols).long()
         self.positions = prompt_lengths.clone()
         self.filled = width
         out = self.model(
             input_ids=ids,
             attention_mask=self.mask[:, :width],
-            position_ids=positions,
-            past_key_values=self.cache,
+            position_ids=(cols[None, :width] - pad_cols).clamp(min=0),
             use_cache=True,
             logits_to_keep=1,
         )
+        self.cache = out.past_key_values
         return out.logits[:, -1]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -323,26 +324,35 @@ class _StaticCacheRunner:
             past_key_values=self.cache,
             use_cache=True,
         )
+        self.cache = out.past_key_values
         self.positions += 1
         return out.logits[:, -1]
 
+    def select(self, index: torch.Tensor) -> None:
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.positions = self.positions[index]
+
 
 class KVCacheSampler:
-    """Batched sampling for HF causal LMs on a preallocated KV cache.
+    """Batched sampling for HF causal LMs with a KV cache: preallocated buffers on the
+    Qwen2/Llama fast path, the model's own ``DynamicCache`` otherwise.
 
     Args:
         max_batch_size: most prompts one worker decodes together; its share of a larger request
             runs in consecutive chunks (bounds the cache memory: 2 * layers * kv_heads *
-            head_dim * (prompt + max_new_tokens) * dtype bytes per row). None = no limit.
+            head_dim * (prompt + max_new_tokens) values per row, 4-byte on CPU). None = no
+            limit.
         workers: parallel decode streams on a CPU model, each a Python thread that decodes a
             contiguous slice of the batch with one intra-op thread. Independent streams scale
             over cores better than one stream with intra-op threads, and degrade gracefully on
             a shared machine (docs/rollout.md). None = ``torch.get_num_threads()`` on CPU
             (fewer when a stream would get under ``MIN_ROWS_PER_WORKER`` rows), 1 elsewhere.
         fast_path: use the direct decoder runner where the model supports it (Qwen2, Llama);
-            False forces the generic ``StaticCache`` path (same distribution, its own draws).
+            False forces the generic path, the model's own ``forward`` with its ``DynamicCache``
+            (same distribution, its own draws).
         compact_below: once the fraction of unfinished rows falls to this value, finished rows
-            are removed from the cache (fast path only); 0 disables it.
+            are removed from the cache; 0 disables it.
 
     Samples are a deterministic function of the generator's state, ``workers``,
     ``max_batch_size`` and ``compact_below``: each stream draws from its own generator seeded
@@ -384,6 +394,8 @@ class KVCacheSampler:
         if workers is None:
             cores = torch.get_num_threads() if device.type == "cpu" else 1
             workers = max(1, min(cores, batch // MIN_ROWS_PER_WORKER))
+        if _rope_type(model) in ("dynamic", "longrope"):
+            workers = 1  # these rotary embeddings rewrite their frequencies during forward
         workers = min(workers, batch)
         seeds = torch.randint(2**62, (workers,), generator=generator).tolist()
         bounds = [batch * i // workers for i in range(workers + 1)]
@@ -391,7 +403,7 @@ class KVCacheSampler:
             (range(bounds[i], bounds[i + 1]), torch.Generator(device).manual_seed(seeds[i]))
             for i in range(workers)
         ]
-        runner_cls = _StaticCacheRunner
+        runner_cls = _ModelForwardRunner
         if self.fast_path and supports_fast_path(model):
             runner_cls = _DecoderRunner
 
@@ -443,7 +455,7 @@ class KVCacheSampler:
                 alive &= ~stopped
             if t == params.max_new_tokens - 1 or not alive.any():
                 break
-            if runner.can_select and alive.sum() <= self.compact_below * len(alive):
+            if alive.sum() <= self.compact_below * len(alive):
                 keep = alive.nonzero().squeeze(1)
                 runner.select(keep.to(ids.device))
                 rows, alive, tokens = rows[keep], alive[keep], tokens[keep.to(tokens.device)]

@@ -23,8 +23,10 @@ class VLLMSampler:
         model: the model path or hub name the engine loads.
         **llm_kwargs: passed to ``vllm.LLM`` (``dtype``, ``gpu_memory_utilization``, ...).
 
-    The engine holds its own copy of the weights: the ``model`` argument of :meth:`generate`
-    is ignored, so a trainer must push its updated weights into ``self.llm`` between steps.
+    The engine holds its own copy of the weights. When :meth:`generate` is given the policy
+    being trained (any object with ``named_parameters``), it first pushes that policy's current
+    weights into the engine (:meth:`sync_weights`), so on-policy RL samples from the policy it
+    updates; pass ``model=None`` to sample from the engine's weights as they are.
     """
 
     def __init__(self, model: str, **llm_kwargs):
@@ -41,6 +43,33 @@ class VLLMSampler:
         llm_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         self.llm = vllm.LLM(model=model, **llm_kwargs)
 
+    def sync_weights(self, model) -> None:
+        """Load ``model``'s parameters into the engine (in-process engine, single GPU).
+
+        Uses the model runner's ``load_weights``, the path vLLM's colocated RL integrations
+        use; it needs the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
+        """
+        engine = self.llm.llm_engine
+        try:
+            runner_model = engine.model_executor.driver_worker.worker.model_runner.model
+        except AttributeError as error:
+            raise RuntimeError(
+                "cannot reach the vLLM engine's model to update its weights; run with "
+                "VLLM_ENABLE_V1_MULTIPROCESSING=0 so the engine lives in this process"
+            ) from error
+        base = getattr(model, "get_base_model", lambda: model)()
+        if hasattr(model, "merge_adapter"):  # LoRA: push merged weights, then unmerge
+            model.merge_adapter()
+        try:
+            runner_model.load_weights(
+                (name.replace("base_layer.", ""), p.detach())
+                for name, p in base.named_parameters()
+                if "lora_" not in name
+            )
+        finally:
+            if hasattr(model, "unmerge_adapter"):
+                model.unmerge_adapter()
+
     def generate(
         self,
         model,
@@ -51,6 +80,8 @@ class VLLMSampler:
         generator: torch.Generator | None = None,
     ) -> Rollouts:
         check_prompts(prompt_ids)
+        if model is not None and hasattr(model, "named_parameters"):
+            self.sync_weights(model)
         exact_logprobs = params.top_k == 0 and params.top_p == 1.0
         seeds = torch.randint(2**31, (len(prompt_ids),), generator=generator).tolist()
         requests = [

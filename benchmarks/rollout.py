@@ -1,0 +1,221 @@
+"""Rollout throughput of the "kv" sampler against HF ``generate`` on the paper's maze model.
+
+The model is the paper's maze policy (``build_model("paper")``: Qwen2, 4 layers, hidden 256,
+MLP 1024, 4 heads, 2 KV heads, vocabulary 32, tied embeddings; random weights) and the prompts
+are 9x9 training mazes of the maze task (``<bos> GRID_START``, 9 rows of 9 cell tokens each
+closed by NEWLINE, ``GRID_END PATH_START``: 94 tokens). Both backends sample exactly ``--new-tokens`` tokens per prompt (no stop
+token) at temperature 1 from the same model and prompts, in the same process, alternating, and
+the median of ``--repeats`` timed runs is reported. Throughput counts generated tokens; the wall
+time includes the prompt prefill.
+
+Run: ``python benchmarks/rollout.py [--dtype bf16] [--batch-size 512] [--repeats 3]``. The last
+line is ``speedup_vs_hf_generate=<ratio>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from maxrl.models import build_model, maze_tokenizer
+from maxrl.rollout import SamplingParams, make_sampler
+from maxrl.tasks.maze import MazeTask
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def maze_prompts(count: int, size: int, seed: int) -> list[list[int]]:
+    """Token ids of ``count`` training mazes of the maze task (94 tokens each at size 9)."""
+    tokenizer = maze_tokenizer()
+    items = MazeTask(size=size).train_items(count, seed=seed)
+    return tokenizer([it.prompt for it in items], add_special_tokens=False)["input_ids"]
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` FLOP/s of one n x n x n GEMM (the machine's practical peak)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def model_flops(model, prompt_len: int, new_tokens: int) -> tuple[float, float]:
+    """(FLOPs per decoded token, FLOPs to prefill one prompt), counting matmuls only.
+
+    A decoded token costs 2 * (non-embedding linear parameters + the lm_head) plus attention,
+    4 * heads * head_dim per (query, key) pair for QK^T and PV, at the mean context length.
+    The prefill counts what any sampler must compute: every layer at every prompt position,
+    except that the last layer needs only its keys and values there (its output is used at
+    the last position only).
+    """
+    config = model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    kv_width = config.num_key_value_heads * head_dim
+    layer = model.model.layers[0]
+    per_layer = sum(p.numel() for n, p in layer.named_parameters() if n.endswith("proj.weight"))
+    layers = config.num_hidden_layers
+    lm_head = config.vocab_size * config.hidden_size
+    pair = 4 * config.num_attention_heads * head_dim
+    mean_context = prompt_len + (new_tokens - 1) / 2 + 1
+    decode = 2 * (layers * per_layer + lm_head) + layers * pair * mean_context
+    causal_pairs = prompt_len * (prompt_len + 1) / 2
+    prefill = (
+        prompt_len * 2 * (layers - 1) * per_layer
+        + (layers - 1) * pair * causal_pairs
+        + prompt_len * 2 * 2 * config.hidden_size * kv_width  # last layer: keys and values
+        + 2 * (per_layer + lm_head)
+        + pair * prompt_len  # last layer at the last position
+    )
+    return decode, prefill
+
+
+# torch.profiler op names grouped by what they do in the sampler
+PROFILE_GROUPS = {
+    "GEMMs (linear layers)": ("aten::mm", "aten::addmm"),
+    "decode attention (batched GEMMs, softmax)": ("aten::bmm", "aten::_softmax"),
+    "prefill attention (sdpa)": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+    "elementwise (norms, RoPE, SiLU, residuals)": (
+        "aten::mul",
+        "aten::mul_",
+        "aten::add",
+        "aten::add_",
+        "aten::silu",
+        "aten::pow",
+        "aten::rsqrt",
+        "aten::mean",
+        "aten::neg",
+        "aten::cat",
+        "aten::div_",
+        "aten::sum",
+    ),
+    "copies (cache writes, layout, compaction)": (
+        "aten::copy_",
+        "aten::index_select",
+        "aten::index",
+        "aten::index_put_",
+    ),
+    "sampling (log-softmax, multinomial)": (
+        "aten::_log_softmax",
+        "aten::exponential_",
+        "aten::multinomial",
+        "aten::gather",
+    ),
+}
+
+
+def profile(model, prompts, params) -> None:
+    """One kv run on one thread under torch.profiler, its op self-times grouped."""
+    torch.set_num_threads(1)
+    sampler = make_sampler("kv", workers=1)
+    sampler.generate(model, prompts[:8], params, pad_token_id=0)
+    with torch.profiler.profile() as prof:
+        start = time.perf_counter()
+        sampler.generate(model, prompts, params, pad_token_id=0)
+        wall = time.perf_counter() - start
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    # the profiler itself slows each op down; shares of the profiled total are what count
+    total = sum(self_us.values())
+    print(f"profiled kv run, 1 thread: {wall:.2f} s wall, {total / 1e6:.2f} s in ops")
+    grouped = 0.0
+    for label, names in PROFILE_GROUPS.items():
+        t = sum(self_us.get(n, 0.0) for n in names)
+        grouped += t
+        print(f"  {label:45s} {t / 1e6:6.2f} s  {t / total:6.1%}")
+    rest = total - grouped
+    print(f"  {'other ops (views, dispatch)':45s} {rest / 1e6:6.2f} s  {rest / total:6.1%}")
+    start = time.perf_counter()
+    first_token = SamplingParams(max_new_tokens=1, temperature=params.temperature)
+    sampler.generate(model, prompts, first_token, pad_token_id=0)
+    prefill = time.perf_counter() - start
+    print(f"  without the profiler, the prefill alone (max_new_tokens=1) takes {prefill:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--rollouts-per-prompt",
+        type=int,
+        default=1,
+        help="copies of each prompt in the batch (RL samples a group per prompt)",
+    )
+    parser.add_argument("--skip-hf", action="store_true", help="time only the kv sampler")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of timing, profile one kv run on one thread and print where the time goes",
+    )
+    args = parser.parse_args(argv)
+    if args.batch_size % args.rollouts_per_prompt:
+        parser.error("--batch-size must be a multiple of --rollouts-per-prompt")
+
+    dtype = DTYPES[args.dtype]
+    model = build_model("paper", seed=0).to(dtype).eval()
+    groups = maze_prompts(args.batch_size // args.rollouts_per_prompt, 9, seed=1)
+    prompts = [p for p in groups for _ in range(args.rollouts_per_prompt)]
+    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=1.0)
+    backends = {"kv": make_sampler("kv")}
+    if not args.skip_hf:
+        backends["hf"] = make_sampler("hf")
+
+    if args.profile:
+        profile(model, prompts, params)
+        return
+    load_before = os.getloadavg()[0]
+    peak = matmul_peak(dtype)
+    decode_flops, prefill_flops = model_flops(model, len(prompts[0]), args.new_tokens)
+    generated = args.batch_size * args.new_tokens
+    unique = len(set(map(tuple, prompts)))
+    total_flops = generated * decode_flops + unique * prefill_flops
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}")
+    print(f"batch {args.batch_size} ({unique} distinct prompts of {len(prompts[0])} tokens)")
+    print(f"new tokens {args.new_tokens}, repeats {args.repeats}")
+    print(
+        f"model FLOPs: {decode_flops / 1e6:.2f} M per decoded token; "
+        f"{total_flops / generated / 1e6:.2f} M per generated token with the prompt prefill"
+    )
+
+    times: dict[str, list[float]] = {name: [] for name in backends}
+    for sampler in backends.values():  # warm-up (allocator, lazy imports)
+        sampler.generate(model, prompts[:8], params, pad_token_id=0)
+    for repeat in range(args.repeats):
+        for name, sampler in backends.items():
+            g = torch.Generator().manual_seed(repeat)
+            start = time.perf_counter()
+            out = sampler.generate(model, prompts, params, pad_token_id=0, generator=g)
+            times[name].append(time.perf_counter() - start)
+            assert int(out.lengths.min()) == args.new_tokens
+
+    # the GEMM peak is measured again afterwards; the better figure is the less contended one
+    peak = max(peak, matmul_peak(dtype))
+    print(f"matmul peak ({args.dtype}, best 2048^3 GEMM): {peak / 1e9:.1f} GFLOP/s")
+    print(f"load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
+    medians = {}
+    for name, runs in times.items():
+        medians[name] = statistics.median(runs)
+        runs_text = ", ".join(f"{t:.2f}" for t in runs)
+        print(
+            f"{name}: {generated / medians[name]:,.0f} tokens/s median "
+            f"({generated / min(runs):,.0f} best; runs [{runs_text}] s); "
+            f"{total_flops / medians[name] / peak:.1%} of matmul peak with the prefill, "
+            f"{generated * decode_flops / medians[name] / peak:.1%} counting decode FLOPs only"
+        )
+    if "hf" in medians:
+        best = min(times["hf"]) / min(times["kv"])
+        print(f"speedup of the best runs: {best:.2f}")
+        print(f"speedup_vs_hf_generate={medians['hf'] / medians['kv']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
