@@ -57,7 +57,8 @@ def test_grid_runs_resumes_and_summarises(tmp_path, tiny_init):
     assert (tmp_path / "neg_log_pass_vs_rollouts.png").exists()
     assert (tmp_path / "pass_at_k_curves.png").exists()
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["k_max"] == 4 and len(results["table"]) == 6
+    assert results["k_max"] == 4 and len(results["table"]) == 6 + 1  # + the SFT start
+    assert "| (start: SFT model) | 0 | 2 |" in table
     # maxrl_t's T followed N: T = N/2
     cfg_used = (tmp_path / "maxrl_t" / "N4" / "seed1" / "config.yaml").read_text()
     assert "T: 2" in cfg_used

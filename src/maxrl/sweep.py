@@ -117,6 +117,16 @@ def _final_eval(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())["after"]
 
 
+def _start_evals(out: Path, cfg: SweepConfig) -> list[dict]:
+    """The evaluation before RL (step 0) of each seed: the shared SFT model, per seed stream."""
+    found = {}
+    for summary in sorted(out.glob("*/N*/seed*/summary.json")):
+        seed = summary.parent.name
+        if seed not in found and int(seed.removeprefix("seed")) in cfg.seeds:
+            found[seed] = json.loads(summary.read_text())["before"]
+    return list(found.values())
+
+
 def summarise(cfg: SweepConfig) -> dict:
     from maxrl.eval.report import curve_of
 
@@ -138,7 +148,12 @@ def summarise(cfg: SweepConfig) -> dict:
         "|---|---|---|---|---|---|---|",
     ]
     table = {}
-    for name, by_n in results.items():
+    starts = _start_evals(out, cfg)
+    if starts:
+        results_with_start = {"(start: SFT model)": {0: starts}, **results}
+    else:
+        results_with_start = results
+    for name, by_n in results_with_start.items():
         for n, recs in sorted(by_n.items()):
             row = {}
             for key in (
