@@ -7,16 +7,7 @@ import json
 import pytest
 
 from maxrl.config import load_config
-from maxrl.models import build_model, maze_tokenizer
 from maxrl.sweep import SweepConfig, resolve_params, summarise, sweep
-
-
-@pytest.fixture(scope="module")
-def tiny_init(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny_init")
-    build_model("tiny", seed=0).save_pretrained(path)
-    maze_tokenizer().save_pretrained(path)
-    return str(path)
 
 
 def grid_cfg(out, init, *extra) -> SweepConfig:

@@ -12,7 +12,7 @@ import torch
 from maxrl import advantages
 from maxrl.cli import main as cli_main
 from maxrl.config import ConfigError, load_config
-from maxrl.models import build_model, maze_tokenizer
+from maxrl.models import build_model
 from maxrl.tasks.maze import MazeTask
 from maxrl.train import rl
 from maxrl.train.common import concat_batch, latest_checkpoint, load_policy, read_metrics
@@ -37,14 +37,6 @@ class FirstMoveTask(MazeTask):
                 raise RuntimeError("verifier broke")
             out.append(float(bool(words) and words[0] in ("UP", "DOWN", "LEFT", "RIGHT")))
         return out
-
-
-@pytest.fixture(scope="module")
-def tiny_init(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny_init")
-    build_model("tiny", seed=0).save_pretrained(path)
-    maze_tokenizer().save_pretrained(path)
-    return str(path)
 
 
 def tiny_cfg(out_dir, init, *overrides) -> TrainConfig:

@@ -120,6 +120,32 @@ def evaluate(
     return metrics, curve
 
 
+def evaluator(cfg, model, tokenizer, task: Task, sampler):
+    """``run_eval(step) -> metrics`` for the ``eval`` settings of a ``TrainConfig``."""
+    items = task.test_items(min(cfg.eval.prompts, cfg.task.test_count))
+    params = SamplingParams(
+        cfg.rollout.max_new_tokens,
+        cfg.eval.temperature,
+        cfg.eval.top_p,
+        stop_token_ids=stop_ids(tokenizer),
+    )
+
+    def run_eval(step: int) -> dict:
+        return evaluate(
+            model,
+            tokenizer,
+            task,
+            items,
+            samples=cfg.eval.samples,
+            sampler=sampler,
+            params=params,
+            seed=cfg.run.seed,
+            step=step,
+        )[0]
+
+    return run_eval
+
+
 @dataclass
 class EvalCommandConfig:
     checkpoint: str = field(default="", metadata={"help": "model folder (save_pretrained)"})

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from maxrl import advantages
 from maxrl.config import parse_cli, save_config, to_dict
-from maxrl.eval.evaluate import evaluate, group_stats, make_rollout_sampler, sample_groups
+from maxrl.eval.evaluate import evaluator, group_stats, make_rollout_sampler, sample_groups
 from maxrl.rollout import SamplingParams
 from maxrl.tasks import make_task
 from maxrl.tasks.base import Task
@@ -145,27 +145,11 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
     train_params = SamplingParams(
         roll.max_new_tokens, roll.temperature, roll.top_p, roll.top_k, stop_token_ids=stops
     )
-    eval_params = SamplingParams(
-        roll.max_new_tokens, cfg.eval.temperature, cfg.eval.top_p, stop_token_ids=stops
-    )
-    eval_items = task.test_items(min(cfg.eval.prompts, cfg.task.test_count))
     est_params = advantages.validate_params(
         cfg.algo.estimator, roll.rollouts_per_prompt, **cfg.algo.params
     )
 
-    def run_eval(step: int) -> dict:
-        metrics, _ = evaluate(
-            model,
-            tokenizer,
-            task,
-            eval_items,
-            samples=cfg.eval.samples,
-            sampler=sampler,
-            params=eval_params,
-            seed=cfg.run.seed,
-            step=step,
-        )
-        return metrics
+    run_eval = evaluator(cfg, model, tokenizer, task, sampler)
 
     if start == 0:
         logger.log(0, run_eval(0))

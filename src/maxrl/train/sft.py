@@ -15,8 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from maxrl.config import parse_cli, save_config
-from maxrl.eval.evaluate import evaluate, make_rollout_sampler
-from maxrl.rollout import SamplingParams
+from maxrl.eval.evaluate import evaluator, make_rollout_sampler
 from maxrl.tasks import make_task
 from maxrl.train.common import (
     MetricsLogger,
@@ -31,7 +30,6 @@ from maxrl.train.common import (
     save_checkpoint,
     set_threads,
     step_seed,
-    stop_ids,
 )
 from maxrl.train.config import TrainConfig
 
@@ -78,27 +76,8 @@ def run_sft(cfg: TrainConfig, out_dir: Path) -> Path:
         start = load_trainer_state(resume, optimizer, scheduler)["step"]
     logger = MetricsLogger(out_dir, cfg.run.tensorboard, "", resume_step=start if resume else -1)
     sampler = make_rollout_sampler(cfg.rollout.backend, cfg.rollout.max_batch_size)
-    eval_items = task.test_items(min(cfg.eval.prompts, cfg.task.test_count))
-    eval_params = SamplingParams(
-        cfg.rollout.max_new_tokens,
-        cfg.eval.temperature,
-        cfg.eval.top_p,
-        stop_token_ids=stop_ids(tokenizer),
-    )
 
-    def run_eval(step: int) -> dict:
-        metrics, _ = evaluate(
-            model,
-            tokenizer,
-            task,
-            eval_items,
-            samples=cfg.eval.samples,
-            sampler=sampler,
-            params=eval_params,
-            seed=cfg.run.seed,
-            step=step,
-        )
-        return metrics
+    run_eval = evaluator(cfg, model, tokenizer, task, sampler)
 
     if start == 0:
         logger.log(0, run_eval(0))
