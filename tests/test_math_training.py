@@ -22,6 +22,7 @@ from tokenizers import decoders as tk_decoders  # noqa: E402
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from maxrl.config import load_config  # noqa: E402
+from maxrl.eval import evaluate as evaluation  # noqa: E402
 from maxrl.tasks.math import INSTRUCTION, answers_match  # noqa: E402
 from maxrl.train import rl  # noqa: E402
 from maxrl.train.common import latest_checkpoint, load_tokenizer, read_metrics  # noqa: E402
@@ -112,7 +113,7 @@ def test_math_training_uses_the_chat_template_and_math_verify_rewards(tmp_path, 
     init = save_policy(tmp_path / "init", tokenizer, hidden=32, layers=2, heads=2, kv_heads=1)
 
     train_batches, eval_batches = [], []
-    real_sample, real_evaluate = rl.sample_groups, rl.evaluate
+    real_sample, real_evaluate = rl.sample_groups, evaluation.evaluate
 
     def spy_sample(*args, **kwargs):
         groups = real_sample(*args, **kwargs)
@@ -124,7 +125,7 @@ def test_math_training_uses_the_chat_template_and_math_verify_rewards(tmp_path, 
         return real_evaluate(model, tok, task, items, **kwargs)
 
     monkeypatch.setattr(rl, "sample_groups", spy_sample)
-    monkeypatch.setattr(rl, "evaluate", spy_evaluate)
+    monkeypatch.setattr(evaluation, "evaluate", spy_evaluate)
     out = tmp_path / "run"
     summary = rl.train(
         math_cfg(
