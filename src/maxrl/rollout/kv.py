@@ -145,8 +145,7 @@ class _DecoderRunner:
             self.group = inverse
             self._set_members()
             if self.padded:
-                self.prompt_bias = self._pad_bias(width - u_lengths, width)
-                self.row_bias = self.prompt_bias[inverse]
+                self.row_bias = self._pad_bias(width - u_lengths, width)[inverse]
             dst_k, dst_v = self.prompt_keys, self.prompt_values
         else:
             self.keys, self.values = self._buffers(batch, width + self.max_new_tokens - 1)
