@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from maxrl import passk
@@ -202,7 +201,3 @@ def main(argv: list[str]) -> int:
     if cfg.out:
         Path(cfg.out).write_text(json.dumps(metrics, indent=1))
     return 0
-
-
-def correct_counts(rewards: torch.Tensor, n: int) -> np.ndarray:
-    return (rewards.reshape(-1, n) > 0).sum(1).numpy()
