@@ -25,8 +25,9 @@ from maxrl.rollout import (
     SamplingParams,
     make_sampler,
 )
-from maxrl.rollout.base import filter_logits
-from maxrl.rollout.kv import supports_fast_path
+from maxrl.rollout import kv as kv_module
+from maxrl.rollout.base import filter_logits, left_pad
+from maxrl.rollout.kv import _PrefixPlan, supports_fast_path
 
 PAD = 0
 VOCAB = 24
@@ -238,6 +239,70 @@ def test_identical_prompts_are_prefilled_once_and_stay_exact():
         m, p, params, pad_token_id=PAD, generator=torch.Generator().manual_seed(0)
     )
     check_rollouts(m, p, r, params)
+
+
+def prefix_prompts() -> list[list[int]]:
+    """Prompts whose prefixes overlap in every way the prefill shares work across: a common
+    root, a prompt that is a prefix of others, branches at different depths, a repeat, a
+    lone prompt, and different lengths (so shared positions sit in different cache columns)."""
+    return [
+        [5, 6, 7, 8, 9, 10],
+        [5, 6, 7],
+        [5, 6, 7, 8, 11],
+        [5, 6, 12, 13, 14, 15, 16],
+        [20, 21],
+        [5, 6, 7, 8, 9, 10],
+        [5, 6, 7, 8, 9, 17, 18, 19],
+        [PAD, 5, 6, 7],
+        [5, 6, 12, 13],
+    ]
+
+
+def test_prefix_plan_computes_each_trie_position_once():
+    p = prefix_prompts()
+    ids, lengths = left_pad(p, PAD, torch.device("cpu"))
+    plan = _PrefixPlan(ids, lengths)
+    trie = {tuple(q[: j + 1]) for q in p for j in range(len(q))}
+    assert plan.count == len({tuple(q) for q in p}) == 8
+    assert plan.computed_tokens() == len(trie) == 21
+    for tokens_per_pass in (1, 5, 1000):
+        parts = list(plan.passes(tokens_per_pass))
+        assert parts[0].first == 0 and parts[-1].stop == plan.count
+        assert sum(len(part.tokens) for part in parts) == len(trie)
+        for part in parts:
+            for row, col, src, src_col in zip(
+                part.copy_rows, part.copy_dst_cols, part.copy_src_rows, part.copy_cols
+            ):
+                # a copied key/value comes from an earlier prompt with the same tokens up to it
+                assert src < row
+                assert col - plan.pads[row] == src_col - plan.pads[src]
+                dst_prefix = plan.prompts[row][: col - plan.pads[row] + 1]
+                assert dst_prefix == plan.prompts[src][: src_col - plan.pads[src] + 1]
+    # each prompt's row maps back to its own tokens
+    for i, q in enumerate(p):
+        assert plan.prompts[plan.inverse[i]] == tuple(q)
+
+
+@pytest.mark.parametrize("name", ["qwen2_small", "qwen2_wide", "llama"])
+@pytest.mark.parametrize("tokens_per_pass", [1, 7, 2048])
+def test_prefix_shared_prefill_is_exact(name, tokens_per_pass, monkeypatch):
+    """Shared prefixes computed once, in passes that split prompts from the ones they copy."""
+    monkeypatch.setattr(kv_module, "PREFILL_TOKENS_PER_PASS", tokens_per_pass)
+    m = model(name)
+    p = prefix_prompts()
+    params = SamplingParams(max_new_tokens=7, temperature=0.9, stop_token_ids=(3,))
+    for workers in (1, 2):
+        r = KVCacheSampler(workers=workers).generate(
+            m, p, params, pad_token_id=PAD, generator=torch.Generator().manual_seed(2)
+        )
+        check_rollouts(m, p, r, params)
+    # shared mode: every prompt repeated, in shuffled order
+    order = torch.randperm(16 * len(p), generator=torch.Generator().manual_seed(0)) % len(p)
+    many = [p[i] for i in order.tolist()]
+    r = KVCacheSampler(workers=1).generate(
+        m, many, params, pad_token_id=PAD, generator=torch.Generator().manual_seed(3)
+    )
+    check_rollouts(m, many, r, params)
 
 
 @pytest.mark.parametrize("name", ["qwen2_small", "llama"])

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import inspect
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .base import Rollouts, SamplingParams, check_prompts, empty_rollouts, left_pad, select_tokens
 
@@ -55,6 +56,111 @@ def supports_fast_path(model) -> bool:
 def _rope_type(model) -> str:
     rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
     return getattr(rotary, "rope_type", "default")
+
+
+@dataclass
+class _PrefixPass:
+    """One prefill pass over consecutive prompts ``first ... stop - 1`` of a ``_PrefixPlan``.
+
+    Packed "own" tokens (the positions a prompt computes itself) and the cache copies that
+    fill its other positions from the earlier prompt that owns them. Columns are cache
+    columns: a prompt of length L in a cache of width W sits at columns W - L ... W - 1.
+    """
+
+    first: int
+    stop: int
+    tokens: torch.Tensor  # (n,) own token ids, prompt by prompt
+    positions: torch.Tensor  # (n,) their positions in their prompt
+    own_rows: torch.Tensor  # (n,) their prompt's index
+    own_cols: torch.Tensor  # (n,) their cache column
+    slots: torch.Tensor  # (n,) index among their prompt's own tokens
+    starts: torch.Tensor  # (prompts,) first own position of each prompt
+    pads: torch.Tensor  # (prompts,) left padding of each prompt
+    last: torch.Tensor  # (prompts,) packed index of each prompt's last token
+    max_own: int
+    copy_rows: torch.Tensor  # (m,) prompt receiving a copied key/value
+    copy_dst_cols: torch.Tensor
+    copy_src_rows: torch.Tensor  # (m,) the prompt that computed it
+    copy_cols: torch.Tensor  # (m,) its column there
+
+
+class _PrefixPlan:
+    """Which prompt computes which prompt positions, so that shared prefixes run once.
+
+    The distinct prompts (by their real tokens) are sorted; each computes the positions from
+    its longest common prefix with the previous one, and takes the keys and values before it
+    from the prompt that computed them (the keys and values at a position depend only on the
+    tokens up to it). Sorted order makes that prefix the longest shared with any earlier
+    prompt, so every position of the prompt trie is computed exactly once.
+    """
+
+    def __init__(self, ids: torch.Tensor, prompt_lengths: torch.Tensor):
+        width = ids.shape[1]
+        rows = [tuple(r[width - n :]) for r, n in zip(ids.tolist(), prompt_lengths.tolist())]
+        self.prompts = sorted(set(rows))
+        index = {p: u for u, p in enumerate(self.prompts)}
+        self.inverse = torch.tensor([index[p] for p in rows])
+        self.count = len(self.prompts)
+        self.width = width
+        self.pads = torch.tensor([width - len(p) for p in self.prompts])
+        self.starts: list[int] = []
+        self.owners: list[np.ndarray] = []  # owner prompt of each position
+        previous: tuple[int, ...] = ()
+        for u, p in enumerate(self.prompts):
+            start = 0
+            while start < len(previous) and previous[start] == p[start]:
+                start += 1
+            owner = np.full(len(p), u, dtype=np.int64)
+            if start:
+                owner[:start] = self.owners[-1][:start]
+            self.starts.append(start)
+            self.owners.append(owner)
+            previous = p
+
+    def computed_tokens(self) -> int:
+        """Prompt positions the prefill computes (the size of the prompt trie)."""
+        return sum(len(p) - s for p, s in zip(self.prompts, self.starts))
+
+    def passes(self, tokens_per_pass: int = PREFILL_TOKENS_PER_PASS):
+        """Consecutive prompts in passes of about ``tokens_per_pass`` own tokens."""
+        first, budget = 0, 0
+        for u, (p, start) in enumerate(zip(self.prompts, self.starts)):
+            budget += len(p) - start
+            if budget >= tokens_per_pass or u == self.count - 1:
+                yield self._pass(first, u + 1)
+                first, budget = u + 1, 0
+
+    def _pass(self, first: int, stop: int) -> _PrefixPass:
+        prompts = range(first, stop)
+        own = [len(self.prompts[u]) - self.starts[u] for u in prompts]
+        positions = np.concatenate(
+            [np.arange(self.starts[u], len(self.prompts[u])) for u in prompts]
+        )
+        own_rows = np.repeat(np.arange(first, stop), own)
+        pads = self.pads[first:stop].numpy()
+        tokens = np.concatenate([self.prompts[u][self.starts[u] :] for u in prompts])
+        copy_rows = np.repeat(np.arange(first, stop), [self.starts[u] for u in prompts])
+        copy_cols = np.concatenate([np.arange(self.starts[u]) for u in prompts])
+        copy_src = np.concatenate([self.owners[u][: self.starts[u]] for u in prompts])
+        pad_of = self.pads.numpy()
+        tensor = torch.from_numpy
+        return _PrefixPass(
+            first=first,
+            stop=stop,
+            tokens=tensor(tokens.astype(np.int64)),
+            positions=tensor(positions),
+            own_rows=tensor(own_rows),
+            own_cols=tensor(positions + pad_of[own_rows]),
+            slots=tensor(positions - np.asarray(self.starts)[own_rows]),
+            starts=torch.tensor(self.starts[first:stop]),
+            pads=tensor(pads.copy()),
+            last=tensor(np.cumsum(own) - 1),
+            max_own=max(own),
+            copy_rows=tensor(copy_rows),
+            copy_dst_cols=tensor(copy_cols + pad_of[copy_rows]),
+            copy_src_rows=tensor(copy_src),
+            copy_cols=tensor(copy_cols + pad_of[copy_src]),
+        )
 
 
 class _DecoderRunner:
@@ -109,10 +215,14 @@ class _DecoderRunner:
         h = h + layer.self_attn.o_proj(attn_out)
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
-    def _buffers(self, batch: int, total: int) -> tuple[list, list]:
+    def _buffers(self, batch: int, total: int, zero: bool = False) -> tuple[list, list]:
+        """Per-layer key and value buffers; ``zero`` for prompt buffers whose left padding is
+        never written (masked scores must not meet uninitialised NaNs)."""
         k_shape = (batch, self.n_kv, total, self.head_dim)
         v_shape = (batch, self.n_kv, self.head_dim, total)
-        new = partial(torch.empty, dtype=self.cache_dtype, device=self.device)
+        new = partial(
+            torch.zeros if zero else torch.empty, dtype=self.cache_dtype, device=self.device
+        )
         return [new(k_shape) for _ in self.layers], [new(v_shape) for _ in self.layers]
 
     def _pad_bias(self, pad_cols: torch.Tensor, total: int) -> torch.Tensor:
@@ -124,51 +234,65 @@ class _DecoderRunner:
     def prefill(self, ids: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
         """Cache the left-padded prompts; return the last position's logits.
 
-        Identical prompts (the trainer's rollouts of one prompt) are prefilled once. When each
-        is repeated at least ``MIN_ROWS_PER_SHARED_PROMPT`` times on average, its keys and
-        values are also kept once ("shared" mode): decode attention then reads the prompt
-        part with one GEMM per prompt instead of once per row, and only the generated part
-        is cached per row. Otherwise each row gets its own copy of its prompt's cache.
+        Distinct prompts are prefilled once each, and a prefix they share with another prompt
+        is computed once (``_PrefixPlan``). When each distinct prompt is repeated at least
+        ``MIN_ROWS_PER_SHARED_PROMPT`` times on average, its keys and values are also kept
+        once ("shared" mode): decode attention then reads the prompt part with one GEMM per
+        prompt instead of once per row, and only the generated part is cached per row.
+        Otherwise each row gets its own copy of its prompt's cache.
         """
         batch, width = ids.shape
         self.positions = prompt_lengths.clone()
         self.padded = bool((prompt_lengths < width).any())
-        unique, inverse = torch.unique(
-            torch.cat([ids, prompt_lengths[:, None]], dim=1), dim=0, return_inverse=True
+        plan = _PrefixPlan(ids, prompt_lengths)
+        inverse = plan.inverse.to(self.device)
+        self.shared = batch >= MIN_ROWS_PER_SHARED_PROMPT * plan.count
+        # the prompts' keys and values, token-major (prompt * width + column, kv_heads * dim)
+        # while the passes fill them, so that writes and copies move whole rows
+        staged = [
+            (torch.zeros if self.padded else torch.empty)(
+                (plan.count * width, self.n_kv * self.head_dim),
+                dtype=self.cache_dtype,
+                device=self.device,
+            )
+            for _ in range(2 * len(self.layers))
+        ]
+        staged_k, staged_v = staged[::2], staged[1::2]
+        logits = torch.cat(
+            [self._prefill_pass(part, width, staged_k, staged_v) for part in plan.passes()]
         )
-        u_ids, u_lengths = unique[:, :-1], unique[:, -1]
-        self.shared = batch >= MIN_ROWS_PER_SHARED_PROMPT * len(unique)
+
+        def as_cache(flat: torch.Tensor) -> torch.Tensor:  # (prompts, kv_heads, width, dim)
+            return flat.view(plan.count, width, self.n_kv, self.head_dim).transpose(1, 2)
+
         if self.shared:
-            self.prompt_keys, self.prompt_values = self._buffers(len(unique), width)
+            self.prompt_keys, self.prompt_values = self._buffers(plan.count, width)
             self.keys, self.values = self._buffers(batch, self.max_new_tokens - 1)
             self.filled = 0
             self.group = inverse
             self._set_members()
             if self.padded:
-                self.row_bias = self._pad_bias(width - u_lengths, width)[inverse]
-            dst_k, dst_v = self.prompt_keys, self.prompt_values
+                self.row_bias = self._pad_bias(plan.pads.to(self.device), width)[inverse]
+            for dst_k, dst_v, src_k, src_v in zip(
+                self.prompt_keys, self.prompt_values, staged_k, staged_v
+            ):
+                dst_k.copy_(as_cache(src_k))
+                dst_v.copy_(as_cache(src_v).transpose(-1, -2))
         else:
             self.keys, self.values = self._buffers(batch, width + self.max_new_tokens - 1)
             self.filled = width
             if self.padded:
                 self.key_bias = self._pad_bias(width - prompt_lengths, self.keys[0].shape[2])
-            if len(unique) < batch:
-                dst_k, dst_v = self._buffers(len(unique), width)
-            else:
-                u_ids, u_lengths, dst_k, dst_v = ids, prompt_lengths, self.keys, self.values
-
-        per_pass = max(1, PREFILL_TOKENS_PER_PASS // width)
-        logits = torch.cat(
-            [
-                self._prefill_rows(u_ids, u_lengths, dst_k, dst_v, slice(i, i + per_pass))
-                for i in range(0, len(u_ids), per_pass)
-            ]
-        )
-        if not self.shared and len(unique) < batch:
-            for layer_k, layer_v, src_k, src_v in zip(self.keys, self.values, dst_k, dst_v):
-                layer_k[:, :, :width] = src_k[inverse]
-                layer_v[..., :width] = src_v[inverse]
-        return logits[inverse] if len(unique) < batch else logits
+            # rows arrive sorted (``KVCacheSampler.generate``): distinct prompts need no gather
+            in_order = plan.count == batch and bool((plan.inverse == torch.arange(batch)).all())
+            shape = (batch, width, self.n_kv, self.head_dim)
+            for dst_k, dst_v, src_k, src_v in zip(self.keys, self.values, staged_k, staged_v):
+                if not in_order:  # gather whole prompts while contiguous, then relayout
+                    src_k = src_k.view(plan.count, -1).index_select(0, inverse)
+                    src_v = src_v.view(plan.count, -1).index_select(0, inverse)
+                dst_k[:, :, :width] = src_k.view(shape).transpose(1, 2)
+                dst_v[..., :width] = src_v.view(shape).permute(0, 2, 3, 1)
+        return logits[inverse]
 
     def _set_members(self) -> None:
         """Row indices of each shared prompt (empty groups dropped)."""
@@ -176,42 +300,70 @@ class _DecoderRunner:
         counts = torch.bincount(self.group).tolist()
         self.members = [(u, rows) for u, rows in enumerate(torch.split(order, counts)) if len(rows)]
 
-    def _prefill_rows(self, ids, prompt_lengths, dst_k, dst_v, rows):
-        ids, prompt_lengths = ids[rows], prompt_lengths[rows]
-        batch, width = ids.shape
-        pad_cols = width - prompt_lengths
-        cols = torch.arange(width, device=ids.device)
-        positions = (cols[None, :] - pad_cols[:, None]).clamp(min=0)
-        mask = last_mask = None
-        if bool(pad_cols.any()):
-            causal = cols[None, :] <= cols[:, None]
-            valid_key = cols[None, None, :] >= pad_cols[:, None, None]
-            # a padding query attends to itself only, so its (unused) softmax row is finite
-            eye = torch.eye(width, dtype=torch.bool, device=ids.device)
-            mask = ((causal[None] & valid_key) | eye)[:, None]
-            last_mask = mask[:, :, -1:]
-        h = self.embed(ids)
-        cos, sin = self.rotary(h, positions)
-        last = len(self.layers) - 1
-        for i, (layer, layer_k, layer_v) in enumerate(zip(self.layers, dst_k, dst_v)):
-            # the last layer's output is needed only at the last position (for the first
-            # logits); at the others only its keys and values are, so skip the rest there
-            q, k, v = self._project(layer, h, cos, sin, last_query_only=i == last)
-            layer_k[rows, :, :width] = k
-            layer_v[rows, :, :, :width] = v.transpose(-1, -2)
-            out = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=last_mask if i == last else mask,
-                is_causal=mask is None and i != last,
-                scale=self.scaling,
-                enable_gqa=True,
-            )
-            if i == last:
-                h = h[:, -1:]
-            h = self._finish_layer(layer, h, out.transpose(1, 2).reshape(batch, h.shape[1], -1))
-        return self.lm_head(self.norm(h[:, -1]))
+    def _prefill_pass(self, part, width: int, staged_k: list, staged_v: list) -> torch.Tensor:
+        """Run the prompts ``part.first ... part.stop - 1`` through the model at the positions
+        they own, fill all their keys and values in the token-major ``staged_k``/``staged_v``
+        (positions owned by earlier prompts are copied), and return their last logits."""
+        dev = self.device
+        nb, n_kv, dim = part.stop - part.first, self.n_kv, self.head_dim
+        group = self.n_heads // n_kv
+        block = slice(part.first * width, part.stop * width)
+        own = (part.own_rows * width + part.own_cols).to(dev)
+        copy_dst = (part.copy_rows * width + part.copy_dst_cols).to(dev)
+        copy_src = (part.copy_src_rows * width + part.copy_cols).to(dev)
+        slot = ((part.own_rows - part.first).to(dev), part.slots.to(dev))
+        last = part.last.to(dev)
+        cols = torch.arange(width, device=dev)
+        pads = part.pads.to(dev)
+        # a query sees the keys from its prompt's first real token up to its own column
+        query_cols = (part.starts.to(dev) + pads)[:, None] + torch.arange(part.max_own, device=dev)
+        visible = (cols >= pads[:, None, None]) & (cols <= query_cols[:, :, None])
+        bias = torch.zeros(visible.shape, dtype=self.cache_dtype, device=dev)
+        bias = bias.masked_fill_(~visible, float("-inf"))[:, None, None]  # (nb, 1, 1, q, width)
+        last_bias = bias[:, :, :, -1]  # the last query column sees the whole prompt
+
+        h = self.embed(part.tokens.to(dev))[None]
+        cos, sin = self.rotary(h, part.positions.to(dev)[None])
+        final = len(self.layers) - 1
+        for i, (layer, flat_k, flat_v) in enumerate(zip(self.layers, staged_k, staged_v)):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            n = x.shape[1]
+            k = attn.k_proj(x).view(1, n, n_kv, dim).transpose(1, 2)
+            v = attn.v_proj(x).view(n, n_kv * dim)
+            if i == final:
+                # the last layer's output is needed only at each prompt's last position (for
+                # the first logits); at the others only its keys and values are
+                q = attn.q_proj(x[0, last]).view(nb, self.n_heads, 1, dim)
+                q, _ = self.apply_rope(q, q, cos[0, last, None], sin[0, last, None])
+                _, k = self.apply_rope(k, k, cos, sin)
+            else:
+                q = attn.q_proj(x).view(1, n, self.n_heads, dim).transpose(1, 2)
+                q, k = self.apply_rope(q, k, cos, sin)
+            flat_k.index_copy_(0, own, k[0].transpose(0, 1).reshape(n, -1).to(self.cache_dtype))
+            flat_v.index_copy_(0, own, v.to(self.cache_dtype))
+            if len(copy_dst):
+                flat_k.index_copy_(0, copy_dst, flat_k.index_select(0, copy_src))
+                flat_v.index_copy_(0, copy_dst, flat_v.index_select(0, copy_src))
+            keys = flat_k[block].view(nb, width, n_kv, dim).permute(0, 2, 3, 1)  # (nb, kv, d, w)
+            values = flat_v[block].view(nb, width, n_kv, dim).transpose(1, 2)  # (nb, kv, w, d)
+            if i == final:
+                q = q.view(nb, n_kv, group, dim).to(self.cache_dtype)
+                scores = torch.matmul(q, keys).mul_(self.scaling).add_(last_bias)
+                out = torch.matmul(scores.softmax(-1), values)  # (nb, kv, group, dim)
+                out = out.reshape(1, nb, -1).to(self.dtype)
+                h = h[:, last]
+            else:
+                # queries padded to (nb, q, heads, dim); head h reads kv head h // group
+                padded_q = q.new_zeros((nb, part.max_own, self.n_heads, dim))
+                padded_q[slot] = q[0].transpose(0, 1)
+                padded_q = padded_q.view(nb, part.max_own, n_kv, group, dim).permute(0, 2, 3, 1, 4)
+                scores = torch.matmul(padded_q.to(self.cache_dtype), keys[:, :, None])
+                scores = scores.mul_(self.scaling).add_(bias)  # (nb, kv, group, q, width)
+                out = torch.matmul(scores.softmax(-1), values[:, :, None])
+                out = out.permute(0, 3, 1, 2, 4)[slot].reshape(1, n, -1).to(self.dtype)
+            h = self._finish_layer(layer, h, out)
+        return self.lm_head(self.norm(h[0]))
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row; return the next logits (b, vocab)."""
@@ -397,26 +549,29 @@ class KVCacheSampler:
             workers = 1  # these rotary embeddings rewrite their frequencies during forward
         workers = min(workers, batch)
         seeds = torch.randint(2**62, (workers,), generator=generator).tolist()
+        # rows in prompt order: shared prefixes and repeats of a prompt land in one stream and
+        # one chunk, where the prefill computes them once
+        order = torch.tensor(sorted(range(batch), key=prompt_ids.__getitem__), dtype=torch.long)
         bounds = [batch * i // workers for i in range(workers + 1)]
         parts = [
-            (range(bounds[i], bounds[i + 1]), torch.Generator(device).manual_seed(seeds[i]))
+            (order[bounds[i] : bounds[i + 1]], torch.Generator(device).manual_seed(seeds[i]))
             for i in range(workers)
         ]
         runner_cls = _ModelForwardRunner
         if self.fast_path and supports_fast_path(model):
             runner_cls = _DecoderRunner
 
-        def run(rows: range, part_generator: torch.Generator, threads: int | None) -> None:
+        def run(rows: torch.Tensor, part_generator: torch.Generator, threads: int | None) -> None:
             if threads is not None:
                 # per-thread OpenMP setting: the caller's own thread count is left untouched
                 torch.set_num_threads(threads)
             chunk = self.max_batch_size or len(rows)
             with torch.inference_mode():
-                for start in range(rows.start, rows.stop, chunk):
-                    stop = min(start + chunk, rows.stop)
-                    ids, lengths = left_pad(prompt_ids[start:stop], pad_token_id, device)
+                for chunk_rows in torch.split(rows, chunk):
+                    chunk_prompts = [prompt_ids[r] for r in chunk_rows.tolist()]
+                    ids, lengths = left_pad(chunk_prompts, pad_token_id, device)
                     runner = runner_cls(model, params.max_new_tokens)
-                    self._decode(runner, ids, lengths, params, part_generator, out, start)
+                    self._decode(runner, ids, lengths, params, part_generator, out, chunk_rows)
 
         was_training = model.training
         model.eval()
@@ -432,10 +587,9 @@ class KVCacheSampler:
             model.train(was_training)
         return out
 
-    def _decode(self, runner, ids, prompt_lengths, params, generator, out, row_offset):
-        """The sampling loop shared by both runners; writes rows ``row_offset...`` of ``out``."""
+    def _decode(self, runner, ids, prompt_lengths, params, generator, out, rows):
+        """The sampling loop shared by both runners; writes rows ``rows`` of ``out``."""
         batch = ids.shape[0]
-        rows = torch.arange(row_offset, row_offset + batch)
         out.lengths[rows] = params.max_new_tokens
         out.truncated[rows] = True
         stops = torch.tensor(params.stop_token_ids, dtype=torch.long)
