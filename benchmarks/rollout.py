@@ -3,10 +3,12 @@
 The model is the paper's maze policy (``build_model("paper")``: Qwen2, 4 layers, hidden 256,
 MLP 1024, 4 heads, 2 KV heads, vocabulary 32, tied embeddings; random weights) and the prompts
 are 9x9 training mazes of the maze task (``<bos> GRID_START``, 9 rows of 9 cell tokens each
-closed by NEWLINE, ``GRID_END PATH_START``: 94 tokens). Both backends sample exactly ``--new-tokens`` tokens per prompt (no stop
+closed by NEWLINE, ``GRID_END PATH_START``: 94 tokens; ``--prompts random`` for random tokens
+that share no prefix). Both backends sample exactly ``--new-tokens`` tokens per prompt (no stop
 token) at temperature 1 from the same model and prompts, in the same process, alternating, and
 the median of ``--repeats`` timed runs is reported. Throughput counts generated tokens; the wall
-time includes the prompt prefill.
+time includes the prompt prefill. The fraction of the matmul peak counts the FLOPs the batch
+needs: every decoded token, and the prefill of each distinct prompt prefix once.
 
 Run: ``python benchmarks/rollout.py [--dtype bf16] [--batch-size 512] [--repeats 3]``. The last
 line is ``speedup_vs_hf_generate=<ratio>``.
@@ -33,6 +35,12 @@ def maze_prompts(count: int, size: int, seed: int) -> list[list[int]]:
     tokenizer = maze_tokenizer()
     items = MazeTask(size=size).train_items(count, seed=seed)
     return tokenizer([it.prompt for it in items], add_special_tokens=False)["input_ids"]
+
+
+def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
+    """Uniform random token ids (pad excluded): prompts that share no prefix to speak of."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, vocab, (count, length), generator=g).tolist()
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -80,8 +88,7 @@ def model_flops(model, prompt_len: int, new_tokens: int) -> tuple[float, float]:
 # torch.profiler op names grouped by what they do in the sampler
 PROFILE_GROUPS = {
     "GEMMs (linear layers)": ("aten::mm", "aten::addmm"),
-    "decode attention (batched GEMMs, softmax)": ("aten::bmm", "aten::_softmax"),
-    "prefill attention (sdpa)": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+    "attention (batched GEMMs, softmax)": ("aten::bmm", "aten::_softmax"),
     "elementwise (norms, RoPE, SiLU, residuals)": (
         "aten::mul",
         "aten::mul_",
@@ -101,6 +108,8 @@ PROFILE_GROUPS = {
         "aten::index_select",
         "aten::index",
         "aten::index_put_",
+        "aten::_index_put_impl_",
+        "aten::index_copy_",
     ),
     "sampling (log-softmax, multinomial)": (
         "aten::_log_softmax",
@@ -150,6 +159,13 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="copies of each prompt in the batch (RL samples a group per prompt)",
     )
+    parser.add_argument(
+        "--prompts",
+        choices=["maze", "random"],
+        default="maze",
+        help="maze: 9x9 training mazes (their prefixes overlap, as real prompts' do); random: "
+        "uniform random tokens of the same length (no shared prefixes)",
+    )
     parser.add_argument("--skip-hf", action="store_true", help="time only the kv sampler")
     parser.add_argument(
         "--profile",
@@ -162,7 +178,10 @@ def main(argv: list[str] | None = None) -> None:
 
     dtype = DTYPES[args.dtype]
     model = build_model("paper", seed=0).to(dtype).eval()
-    groups = maze_prompts(args.batch_size // args.rollouts_per_prompt, 9, seed=1)
+    count = args.batch_size // args.rollouts_per_prompt
+    groups = maze_prompts(count, 9, seed=1)
+    if args.prompts == "random":
+        groups = random_prompts(count, len(groups[0]), model.config.vocab_size, seed=1)
     prompts = [p for p in groups for _ in range(args.rollouts_per_prompt)]
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=1.0)
     backends = {"kv": make_sampler("kv")}
@@ -177,13 +196,21 @@ def main(argv: list[str] | None = None) -> None:
     decode_flops, prefill_flops = model_flops(model, len(prompts[0]), args.new_tokens)
     generated = args.batch_size * args.new_tokens
     unique = len(set(map(tuple, prompts)))
-    total_flops = generated * decode_flops + unique * prefill_flops
+    # a prompt position's keys and values depend only on the tokens up to it, so the batch
+    # needs each distinct prefix (node of the prompt trie) computed once
+    trie = len({tuple(p[: j + 1]) for p in prompts for j in range(len(p))})
+    needed_flops = generated * decode_flops + prefill_flops * trie / len(prompts[0])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}")
-    print(f"batch {args.batch_size} ({unique} distinct prompts of {len(prompts[0])} tokens)")
+    print(
+        f"batch {args.batch_size} ({unique} distinct {args.prompts} prompts of {len(prompts[0])} "
+        f"tokens; {trie:,} distinct prefixes of {unique * len(prompts[0]):,} prompt positions)"
+    )
     print(f"new tokens {args.new_tokens}, repeats {args.repeats}")
     print(
         f"model FLOPs: {decode_flops / 1e6:.2f} M per decoded token; "
-        f"{total_flops / generated / 1e6:.2f} M per generated token with the prompt prefill"
+        f"{needed_flops / generated / 1e6:.2f} M per generated token with the prefill of "
+        f"each distinct prefix ({(generated * decode_flops + unique * prefill_flops) / generated / 1e6:.2f} M "
+        "prefilling each distinct prompt whole)"
     )
 
     times: dict[str, list[float]] = {name: [] for name in backends}
@@ -208,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{name}: {generated / medians[name]:,.0f} tokens/s median "
             f"({generated / min(runs):,.0f} best; runs [{runs_text}] s); "
-            f"{total_flops / medians[name] / peak:.1%} of matmul peak with the prefill, "
+            f"{needed_flops / medians[name] / peak:.1%} of matmul peak with the prefill, "
             f"{generated * decode_flops / medians[name] / peak:.1%} counting decode FLOPs only"
         )
     if "hf" in medians:
