@@ -133,7 +133,6 @@ def test_ppo_with_one_epoch_and_minibatch_equals_the_on_policy_gradient(tmp_path
     advantage, -(1/tokens) sum_i A_i sum_t log pi, computed here by hand."""
     from maxrl.eval.evaluate import make_rollout_sampler, sample_groups
     from maxrl.rollout import SamplingParams
-    from maxrl.train.common import token_logprobs
 
     model, tok = load_policy(tiny_init)
     task = FirstMoveTask()
@@ -159,7 +158,9 @@ def test_ppo_with_one_epoch_and_minibatch_equals_the_on_policy_gradient(tmp_path
 
     m, _ = load_policy(tiny_init)
     ids, attn, resp = concat_batch(groups.prompt_ids, groups.response_ids, tok.pad_token_id)
-    logp, _ = token_logprobs(m, ids, attn)  # a full forward over every prompt + response
+    # the reference: one full forward over every prompt + response
+    logits = m(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     mask = resp[:, 1:].float()
     loss = -(adv[:, None] * logp * mask).sum() / mask.sum()
     loss.backward()

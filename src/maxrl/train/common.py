@@ -128,22 +128,6 @@ def concat_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: i
     return input_ids, attention_mask, response_mask
 
 
-def token_logprobs(model, input_ids, attention_mask, temperature: float = 1.0, entropy=False):
-    """log pi(token_t | tokens_<t) / temperature-scaled, for t >= 1; (B, L-1) aligned to targets.
-
-    Also returns per-token entropies when ``entropy`` is set.
-    """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    if temperature not in (0.0, 1.0):
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    if not entropy:
-        return logp, None
-    ent = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, ent
-
-
 # ---------------------------------------------------------------------------------------------
 # Verification
 
