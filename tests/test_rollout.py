@@ -27,7 +27,7 @@ from maxrl.rollout import (
 )
 from maxrl.rollout import kv as kv_module
 from maxrl.rollout.base import filter_logits, left_pad
-from maxrl.rollout.kv import _PrefixPlan, supports_fast_path
+from maxrl.rollout.kv import _common_prefix, _PrefixPlan, _split_by_work, supports_fast_path
 
 PAD = 0
 VOCAB = 24
@@ -281,6 +281,20 @@ def test_prefix_plan_computes_each_trie_position_once():
     # each prompt's row maps back to its own tokens
     for i, q in enumerate(p):
         assert plan.prompts[plan.inverse[i]] == tuple(q)
+
+
+def test_streams_get_equal_work_not_equal_rows():
+    # 4 prompts sharing nothing, then 12 repeats of one prompt: the repeats cost only decoding
+    unique = [[i + 1] * 10 for i in range(4)]
+    prompts = sorted(unique + [[9] * 10] * 12)
+    bounds = _split_by_work(prompts, 2, new_tokens=5)
+    work = [len(p) - _common_prefix(p, q) + 5 for p, q in zip(prompts, [[], *prompts])]
+    halves = [sum(work[a:b]) for a, b in zip(bounds, bounds[1:])]
+    assert bounds[0] == 0 and bounds[-1] == len(prompts)
+    assert abs(halves[0] - halves[1]) <= max(work) and bounds[1] < len(prompts) // 2
+    # every stream keeps at least one row, whatever the work
+    assert _split_by_work([[1] * 50, [2]], 2, 1) == [0, 1, 2]
+    assert _split_by_work([[1]] * 3, 3, 1) == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("name", ["qwen2_small", "qwen2_wide", "llama"])

@@ -17,6 +17,7 @@ See docs/rollout.md for the measurements behind each choice."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -485,6 +486,33 @@ class _ModelForwardRunner:
         self.positions = self.positions[index]
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _split_by_work(prompts: list[list[int]], parts: int, new_tokens: int) -> list[int]:
+    """Bounds of ``parts`` consecutive slices of the sorted ``prompts`` with about equal
+    forward work each: ``new_tokens`` per row plus the prompt positions a row does not share
+    with the row before it (what the prefix-shared prefill computes). Equal row counts would
+    leave the stream with the less shared half of the prompts working alone at the end."""
+    work = np.cumsum(
+        [len(p) - _common_prefix(p, q) + new_tokens for p, q in zip(prompts, [[], *prompts])]
+    )
+    bounds = [0]
+    for i in range(1, parts):
+        target = work[-1] * i / parts
+        cut = int(np.searchsorted(work, target))  # rows [0, cut] reach the target
+        if cut > 0 and target - work[cut - 1] < work[cut] - target:
+            cut -= 1  # stopping one row short is nearer
+        bounds.append(min(max(cut + 1, bounds[-1] + 1), len(prompts) - (parts - i)))
+    return [*bounds, len(prompts)]
+
+
 class KVCacheSampler:
     """Batched sampling for HF causal LMs with a KV cache: preallocated buffers on the
     Qwen2/Llama fast path, the model's own ``DynamicCache`` otherwise.
@@ -551,8 +579,9 @@ class KVCacheSampler:
         seeds = torch.randint(2**62, (workers,), generator=generator).tolist()
         # rows in prompt order: shared prefixes and repeats of a prompt land in one stream and
         # one chunk, where the prefill computes them once
-        order = torch.tensor(sorted(range(batch), key=prompt_ids.__getitem__), dtype=torch.long)
-        bounds = [batch * i // workers for i in range(workers + 1)]
+        order = sorted(range(batch), key=prompt_ids.__getitem__)
+        bounds = _split_by_work([prompt_ids[r] for r in order], workers, params.max_new_tokens)
+        order = torch.tensor(order, dtype=torch.long)
         parts = [
             (order[bounds[i] : bounds[i + 1]], torch.Generator(device).manual_seed(seeds[i]))
             for i in range(workers)
