@@ -566,6 +566,10 @@ class KVCacheSampler:
         generator: torch.Generator | None = None,
     ) -> Rollouts:
         check_prompts(prompt_ids)
+        # plain int lists: rows are sorted by prompt, and tuples, tensors and arrays don't compare
+        prompt_ids = [
+            p.tolist() if hasattr(p, "tolist") else [int(t) for t in p] for p in prompt_ids
+        ]
         batch = len(prompt_ids)
         out = empty_rollouts(batch, params, pad_token_id)
         device = next(model.parameters()).device
