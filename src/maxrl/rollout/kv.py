@@ -59,6 +59,15 @@ def _rope_type(model) -> str:
     return getattr(rotary, "rope_type", "default")
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 @dataclass
 class _PrefixPass:
     """One prefill pass over consecutive prompts ``first ... stop - 1`` of a ``_PrefixPlan``.
@@ -102,15 +111,12 @@ class _PrefixPlan:
         index = {p: u for u, p in enumerate(self.prompts)}
         self.inverse = torch.tensor([index[p] for p in rows])
         self.count = len(self.prompts)
-        self.width = width
         self.pads = torch.tensor([width - len(p) for p in self.prompts])
         self.starts: list[int] = []
         self.owners: list[np.ndarray] = []  # owner prompt of each position
         previous: tuple[int, ...] = ()
         for u, p in enumerate(self.prompts):
-            start = 0
-            while start < len(previous) and previous[start] == p[start]:
-                start += 1
+            start = _common_prefix(previous, p)
             owner = np.full(len(p), u, dtype=np.int64)
             if start:
                 owner[:start] = self.owners[-1][:start]
@@ -193,37 +199,25 @@ class _DecoderRunner:
         # so a bf16 model's keys and values are cached as exact fp32 upcasts
         self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
 
-    def _project(self, layer, h, cos, sin, last_query_only: bool = False):
-        """Normed q, k, v with RoPE applied; shapes (b, heads, t, head_dim).
-
-        With ``last_query_only`` the queries are computed for the last position only.
-        """
+    def _project(self, layer, h, cos, sin):
+        """Normed q, k, v with RoPE applied; shapes (b, heads, t, head_dim)."""
         attn = layer.self_attn
         b, t, _ = h.shape
         x = layer.input_layernorm(h)
+        q = attn.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        if last_query_only:
-            q = attn.q_proj(x[:, -1:]).view(b, 1, self.n_heads, self.head_dim).transpose(1, 2)
-            q, _ = self.apply_rope(q, q, cos[:, -1:], sin[:, -1:])
-            _, k = self.apply_rope(k, k, cos, sin)
-        else:
-            q = attn.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-            q, k = self.apply_rope(q, k, cos, sin)
+        q, k = self.apply_rope(q, k, cos, sin)
         return q, k, v
 
     def _finish_layer(self, layer, h, attn_out):
         h = h + layer.self_attn.o_proj(attn_out)
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
-    def _buffers(self, batch: int, total: int, zero: bool = False) -> tuple[list, list]:
-        """Per-layer key and value buffers; ``zero`` for prompt buffers whose left padding is
-        never written (masked scores must not meet uninitialised NaNs)."""
+    def _buffers(self, batch: int, total: int) -> tuple[list, list]:
         k_shape = (batch, self.n_kv, total, self.head_dim)
         v_shape = (batch, self.n_kv, self.head_dim, total)
-        new = partial(
-            torch.zeros if zero else torch.empty, dtype=self.cache_dtype, device=self.device
-        )
+        new = partial(torch.empty, dtype=self.cache_dtype, device=self.device)
         return [new(k_shape) for _ in self.layers], [new(v_shape) for _ in self.layers]
 
     def _pad_bias(self, pad_cols: torch.Tensor, total: int) -> torch.Tensor:
@@ -484,15 +478,6 @@ class _ModelForwardRunner:
         self.cache.batch_select_indices(index)
         self.mask = self.mask[index]
         self.positions = self.positions[index]
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _split_by_work(prompts: list[list[int]], parts: int, new_tokens: int) -> list[int]:
