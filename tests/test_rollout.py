@@ -527,14 +527,14 @@ def test_prompts_as_tuples_tensors_and_arrays_give_the_same_rollouts():
     import numpy as np
 
     m = model("qwen2_small")
-    p = prompt_list = prompts(6, seed=7)
+    p = prompts(6, seed=7)
     mixed = [tuple(p[0]), torch.tensor(p[1]), np.array(p[2]), *p[3:]]
     params = SamplingParams(max_new_tokens=5)
     runs = [
         KVCacheSampler(workers=2).generate(
             m, q, params, pad_token_id=PAD, generator=torch.Generator().manual_seed(0)
         )
-        for q in (prompt_list, mixed)
+        for q in (p, mixed)
     ]
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     assert torch.equal(runs[0].logprobs, runs[1].logprobs)

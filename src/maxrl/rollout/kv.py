@@ -128,8 +128,10 @@ class _PrefixPlan:
         """Prompt positions the prefill computes (the size of the prompt trie)."""
         return sum(len(p) - s for p, s in zip(self.prompts, self.starts))
 
-    def passes(self, tokens_per_pass: int = PREFILL_TOKENS_PER_PASS):
-        """Consecutive prompts in passes of about ``tokens_per_pass`` own tokens."""
+    def passes(self, tokens_per_pass: int | None = None):
+        """Consecutive prompts in passes of about ``tokens_per_pass`` own tokens (default
+        ``PREFILL_TOKENS_PER_PASS``, read at call time)."""
+        tokens_per_pass = tokens_per_pass or PREFILL_TOKENS_PER_PASS
         first, budget = 0, 0
         for u, (p, start) in enumerate(zip(self.prompts, self.starts)):
             budget += len(p) - start
