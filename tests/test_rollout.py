@@ -334,6 +334,61 @@ def test_shared_prompt_cache_is_exact(name, compact_below):
     assert not r.truncated.all() and r.truncated.any()
 
 
+@pytest.mark.parametrize("name", ["qwen2_small", "llama"])
+def test_layer0_table_rows_equal_the_projections(name):
+    """Layer 0's q/k/v looked up by token equal the fused GEMM, and the fused GEMM equals the
+    model's own q_proj, k_proj and v_proj (Qwen2 with biases, Llama without)."""
+    m = model(name)
+    fused = kv_module._Projections(m)
+    assert fused.table is not None and fused.table.shape[0] == VOCAB
+    tokens = torch.tensor([0, 5, 5, VOCAB - 1, 3])
+    with torch.no_grad():
+        h = m.model.embed_tokens(tokens)
+        x = m.model.layers[0].input_layernorm(h)
+        attn = m.model.layers[0].self_attn
+        expected = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
+        torch.testing.assert_close(fused(0, h, tokens), expected, rtol=0, atol=1e-6)
+        fused.table = None
+        torch.testing.assert_close(fused(0, h, tokens), expected, rtol=0, atol=1e-6)
+        cols = slice(attn.q_proj.out_features, None)
+        torch.testing.assert_close(fused(0, h, tokens, cols), expected[:, cols], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["qwen2_small", "llama"])
+def test_kv_exact_without_the_layer0_table(name, monkeypatch):
+    """A vocabulary above TABLE_MAX_VOCAB computes layer 0's projections by GEMM."""
+    monkeypatch.setattr(kv_module, "TABLE_MAX_VOCAB", VOCAB - 1)
+    assert kv_module._Projections(model(name)).table is None
+    params = SamplingParams(max_new_tokens=8, temperature=0.9, stop_token_ids=(3,))
+    m, p, r = sample("kv", name, 7, params, seed=4)
+    check_rollouts(m, p, r, params)
+
+
+@pytest.mark.parametrize("name", ["qwen2_small", "qwen2_wide", "llama"])
+def test_decode_attention_by_rows_equals_matmul(name):
+    """The CPU decode attention (values summed by ``embedding_bag``) and the matmul one used
+    on other devices give the same logits, with left padding and dropped rows."""
+    m = model(name)
+    ids, lengths = left_pad(prompts(6, seed=5), PAD, torch.device("cpu"))
+    tokens = torch.tensor([4, 7, 1, 9, 12, 3])
+    logits = {}
+    with torch.no_grad():
+        for by_rows in (True, False):
+            runner = kv_module._DecoderRunner(m, 6)
+            runner.by_rows = by_rows
+            out = [runner.prefill(ids, lengths)]
+            for step in range(5):
+                if step == 3:
+                    runner.select(torch.tensor([0, 2, 3, 5]))
+                    tokens = tokens[[0, 2, 3, 5]]
+                out.append(runner.step(tokens))
+            logits[by_rows] = out
+            tokens = torch.tensor([4, 7, 1, 9, 12, 3])
+    assert [x.shape[0] for x in logits[True]] == [6, 6, 6, 6, 4, 4]
+    for a, b in zip(logits[True], logits[False]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
 def test_stop_on_the_first_token():
     params = SamplingParams(max_new_tokens=5, stop_token_ids=tuple(range(VOCAB)))
     for backend in ["kv", "hf"]:

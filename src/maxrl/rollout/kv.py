@@ -24,6 +24,7 @@ from functools import partial
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .base import Rollouts, SamplingParams, check_prompts, empty_rollouts, left_pad, select_tokens
 
@@ -40,6 +41,9 @@ MIN_ROWS_PER_SHARED_PROMPT = 16
 
 # keep the prefill's activations (tokens x intermediate size) inside the last-level cache
 PREFILL_TOKENS_PER_PASS = 2048
+
+# layer 0's q/k/v projections are looked up by token id for vocabularies up to this size
+TABLE_MAX_VOCAB = 4096
 
 
 def supports_fast_path(model) -> bool:
@@ -172,16 +176,59 @@ class _PrefixPlan:
         )
 
 
+class _Projections:
+    """Every layer's query, key and value projections as one GEMM (their weights concatenated
+    and transposed once per ``generate`` call, shared by the worker streams), and layer 0's as
+    a table indexed by token when the vocabulary is small.
+
+    Layer 0's input is the normed embedding of the token, so its projections are a function of
+    the token alone: with a vocabulary of ``TABLE_MAX_VOCAB`` tokens or fewer (the maze
+    models'), they are computed once per token id and looked up.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model):
+        layers = model.model.layers
+        self.weights: list[torch.Tensor] = []
+        self.biases: list[torch.Tensor | None] = []
+        for layer in layers:
+            projs = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
+            self.weights.append(torch.cat([p.weight for p in projs]).t().contiguous())
+            has_bias = [p.bias is not None for p in projs]
+            if any(has_bias) and not all(has_bias):
+                raise ValueError("q/k/v projections must all have biases or none")
+            self.biases.append(torch.cat([p.bias for p in projs]) if all(has_bias) else None)
+        self.table = None
+        embed = model.model.embed_tokens.weight
+        if embed.shape[0] <= TABLE_MAX_VOCAB:
+            self.table = self._gemm(0, layers[0].input_layernorm(embed), slice(None))
+        self.norms = [layer.input_layernorm for layer in layers]
+
+    def _gemm(self, i: int, x: torch.Tensor, cols: slice) -> torch.Tensor:
+        w, b = self.weights[i][:, cols], self.biases[i]
+        return x @ w if b is None else torch.addmm(b[cols], x, w)
+
+    def __call__(
+        self, i: int, h: torch.Tensor, tokens: torch.Tensor, cols: slice = slice(None)
+    ) -> torch.Tensor:
+        """Columns ``cols`` of the concatenated (q, k, v) projections of layer ``i`` at
+        positions with residual stream ``h`` (n, hidden) and input ``tokens`` (n,)."""
+        if i == 0 and self.table is not None:
+            return self.table[tokens, cols]
+        return self._gemm(i, self.norms[i](h), cols)
+
+
 class _DecoderRunner:
     """Qwen2/Llama decoder stack over preallocated K/V buffers, using the model's own modules.
 
-    Keys are stored (batch, kv_heads, time, head_dim) and values transposed, (batch, kv_heads,
-    head_dim, time): then both decode-attention products are batched GEMMs whose small operand
-    (the queries, the attention weights) is the transposed one, the layout MKL's batched GEMM
-    runs about twice as fast on this CPU as ``q @ K^T`` and ``p @ V`` (docs/rollout.md).
+    Keys and values are stored (batch, kv_heads, time, head_dim). Decode attention takes the
+    scores as one batched GEMM ``K @ q^T`` per layer (the orientation MKL runs fastest for a
+    (time x head_dim) by (head_dim x group) product), and on CPU the output as an
+    ``embedding_bag`` weighted sum of each row's filled value rows, which streams the cache
+    faster than a batched GEMM does (docs/rollout.md).
     """
 
-    def __init__(self, model, max_new_tokens: int):
+    def __init__(self, model, max_new_tokens: int, projections: _Projections | None = None):
         inner = model.model
         self.embed = inner.embed_tokens
         self.layers = list(inner.layers)
@@ -197,28 +244,24 @@ class _DecoderRunner:
         self.max_new_tokens = max_new_tokens
         self.dtype = self.embed.weight.dtype
         self.device = self.embed.weight.device
+        self.q_width = self.n_heads * self.head_dim
+        self.kv_width = self.n_kv * self.head_dim
+        self.projections = projections or _Projections(model)
         # On CPU, fp32 decode attention beats bf16 (bf16 batched GEMMs copy strided operands),
         # so a bf16 model's keys and values are cached as exact fp32 upcasts
         self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
-
-    def _project(self, layer, h, cos, sin):
-        """Normed q, k, v with RoPE applied; shapes (b, heads, t, head_dim)."""
-        attn = layer.self_attn
-        b, t, _ = h.shape
-        x = layer.input_layernorm(h)
-        q = attn.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = attn.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = self.apply_rope(q, k, cos, sin)
-        return q, k, v
+        self.by_rows = self.device.type == "cpu"
 
     def _finish_layer(self, layer, h, attn_out):
         h = h + layer.self_attn.o_proj(attn_out)
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        mlp = layer.mlp
+        x = layer.post_attention_layernorm(h)
+        # down(act(gate(x)) * up(x)), the product taken in place
+        return h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)).mul_(mlp.up_proj(x)))
 
     def _buffers(self, batch: int, total: int) -> tuple[list, list]:
         k_shape = (batch, self.n_kv, total, self.head_dim)
-        v_shape = (batch, self.n_kv, self.head_dim, total)
+        v_shape = (batch, self.n_kv, total, self.head_dim)
         new = partial(torch.empty, dtype=self.cache_dtype, device=self.device)
         return [new(k_shape) for _ in self.layers], [new(v_shape) for _ in self.layers]
 
@@ -274,7 +317,7 @@ class _DecoderRunner:
                 self.prompt_keys, self.prompt_values, staged_k, staged_v
             ):
                 dst_k.copy_(as_cache(src_k))
-                dst_v.copy_(as_cache(src_v).transpose(-1, -2))
+                dst_v.copy_(as_cache(src_v))
         else:
             self.keys, self.values = self._buffers(batch, width + self.max_new_tokens - 1)
             self.filled = width
@@ -288,7 +331,7 @@ class _DecoderRunner:
                     src_k = src_k.view(plan.count, -1).index_select(0, inverse)
                     src_v = src_v.view(plan.count, -1).index_select(0, inverse)
                 dst_k[:, :, :width] = src_k.view(shape).transpose(1, 2)
-                dst_v[..., :width] = src_v.view(shape).permute(0, 2, 3, 1)
+                dst_v[:, :, :width] = src_v.view(shape).transpose(1, 2)
         return logits[inverse]
 
     def _set_members(self) -> None:
@@ -319,23 +362,27 @@ class _DecoderRunner:
         bias = bias.masked_fill_(~visible, float("-inf"))[:, None, None]  # (nb, 1, 1, q, width)
         last_bias = bias[:, :, :, -1]  # the last query column sees the whole prompt
 
-        h = self.embed(part.tokens.to(dev))[None]
+        tokens = part.tokens.to(dev)
+        h = self.embed(tokens)[None]
         cos, sin = self.rotary(h, part.positions.to(dev)[None])
         final = len(self.layers) - 1
+        nq, nk, n = self.q_width, self.kv_width, len(tokens)
         for i, (layer, flat_k, flat_v) in enumerate(zip(self.layers, staged_k, staged_v)):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            n = x.shape[1]
-            k = attn.k_proj(x).view(1, n, n_kv, dim).transpose(1, 2)
-            v = attn.v_proj(x).view(n, n_kv * dim)
             if i == final:
                 # the last layer's output is needed only at each prompt's last position (for
                 # the first logits); at the others only its keys and values are
-                q = attn.q_proj(x[0, last]).view(nb, self.n_heads, 1, dim)
+                kv = self.projections(i, h[0], tokens, slice(nq, None))
+                k = kv[:, :nk].view(1, n, n_kv, dim).transpose(1, 2)
+                v = kv[:, nk:]
+                q = self.projections(i, h[0, last], tokens[last], slice(None, nq))
+                q = q.view(nb, self.n_heads, 1, dim)
                 q, _ = self.apply_rope(q, q, cos[0, last, None], sin[0, last, None])
                 _, k = self.apply_rope(k, k, cos, sin)
             else:
-                q = attn.q_proj(x).view(1, n, self.n_heads, dim).transpose(1, 2)
+                qkv = self.projections(i, h[0], tokens)
+                q = qkv[:, :nq].view(1, n, self.n_heads, dim).transpose(1, 2)
+                k = qkv[:, nq : nq + nk].view(1, n, n_kv, dim).transpose(1, 2)
+                v = qkv[:, nq + nk :]
                 q, k = self.apply_rope(q, k, cos, sin)
             flat_k.index_copy_(0, own, k[0].transpose(0, 1).reshape(n, -1).to(self.cache_dtype))
             flat_v.index_copy_(0, own, v.to(self.cache_dtype))
@@ -366,43 +413,71 @@ class _DecoderRunner:
         """Append one token per row; return the next logits (b, vocab)."""
         batch = tokens.shape[0]
         col = self.filled
-        h = self.embed(tokens[:, None])
-        cos, sin = self.rotary(h, self.positions[:, None])
+        h = self.embed(tokens)
+        cos, sin = self.rotary(h[:, None], self.positions[:, None])
         group = self.n_heads // self.n_kv
+        nq, nk = self.q_width, self.kv_width
+        if self.by_rows and not self.shared:
+            self._value_rows = self._value_bags(batch, col + 1)
         for i, layer in enumerate(self.layers):
-            q, k, v = self._project(layer, h, cos, sin)
+            qkv = self.projections(i, h, tokens)
+            q = qkv[:, :nq].view(batch, self.n_heads, 1, self.head_dim)
+            k = qkv[:, nq : nq + nk].view(batch, self.n_kv, 1, self.head_dim)
+            q, k = self.apply_rope(q, k, cos, sin)
             self.keys[i][:, :, col] = k[:, :, 0]
-            self.values[i][:, :, :, col] = v[:, :, 0]
+            self.values[i][:, :, col] = qkv[:, nq + nk :].view(batch, self.n_kv, self.head_dim)
             q = q.reshape(batch, self.n_kv, group, self.head_dim).to(self.cache_dtype)
             attend = self._shared_attention if self.shared else self._own_attention
-            out = attend(i, q).transpose(-1, -2).reshape(batch, 1, -1).to(self.dtype)
+            out = attend(i, q).reshape(batch, -1).to(self.dtype)
             h = self._finish_layer(layer, h, out)
         self.filled += 1
         self.positions += 1
-        return self.lm_head(self.norm(h[:, 0]))
+        return self.lm_head(self.norm(h))
+
+    def _value_bags(self, batch: int, filled: int) -> torch.Tensor:
+        """(batch * kv_heads * group, filled) indices into a value cache viewed as rows of
+        head_dim: for each query head, the filled rows of its row's kv head."""
+        group = self.n_heads // self.n_kv
+        total = self.values[0].shape[2]
+        slabs = torch.arange(batch * self.n_kv, device=self.device) * total
+        return slabs.repeat_interleave(group)[:, None] + torch.arange(filled, device=self.device)
 
     def _own_attention(self, i: int, q: torch.Tensor) -> torch.Tensor:
-        """Attention over each row's own cache; returns (b, kv_heads, head_dim, group)."""
+        """Attention over each row's own cache; q and the result are (b, kv_heads, group, dim).
+
+        Grouped-query attention without repeating K/V: one small GEMM per (row, kv head) for
+        the scores; on CPU the output is one ``embedding_bag`` over the value rows, elsewhere a
+        batched matmul."""
+        batch, n_kv, group, dim = q.shape
         end = self.filled + 1
-        # grouped-query attention, one small GEMM per (row, kv head): no repeated K/V
+        values = self.values[i]
         scores = torch.matmul(self.keys[i][:, :, :end], q.transpose(-1, -2)).transpose(-1, -2)
-        scores.mul_(self.scaling)
+        scores = scores.mul_(self.scaling)
         if self.padded:
             scores.add_(self.key_bias[..., :end])
         weights = scores.softmax(dim=-1)
-        return torch.matmul(self.values[i][..., :end], weights.transpose(-1, -2))
+        if self.by_rows:
+            out = F.embedding_bag(
+                self._value_rows,
+                values.view(-1, dim),
+                per_sample_weights=weights.view(-1, end),
+                mode="sum",
+            )
+            return out.view(batch, n_kv, group, dim)
+        return torch.matmul(weights, values[:, :, :end])
 
     def _shared_attention(self, i: int, q: torch.Tensor) -> torch.Tensor:
         """Attention over a shared prompt cache plus each row's generated tokens.
 
         One softmax over the concatenated scores, so the result equals attention over the
-        row's full (prompt + generated) cache; only the products are split.
+        row's full (prompt + generated) cache; only the products are split. q and the result
+        are (b, kv_heads, group, dim).
         """
         batch, n_kv, group, dim = q.shape
         end = self.filled + 1
         prompt_k, prompt_v = self.prompt_keys[i], self.prompt_values[i]
         width = prompt_k.shape[2]
-        own = torch.matmul(self.keys[i][:, :, :end], q.transpose(-1, -2)).transpose(-1, -2)
+        own = torch.matmul(q, self.keys[i][:, :, :end].transpose(-1, -2))
         prompt = torch.empty((batch, n_kv, group, width), dtype=q.dtype, device=q.device)
         for u, rows in self.members:
             # all queries of one prompt's rows against its keys: one GEMM per kv head
@@ -413,12 +488,11 @@ class _DecoderRunner:
         if self.padded:
             scores[..., :width] += self.row_bias
         weights = scores.softmax(dim=-1)
-        out = torch.matmul(self.values[i][..., :end], weights[..., width:].transpose(-1, -2))
+        out = torch.matmul(weights[..., width:], self.values[i][:, :, :end])
         for u, rows in self.members:
             wu = weights[rows, ..., :width].transpose(0, 1).reshape(n_kv, len(rows) * group, width)
-            ou = torch.matmul(prompt_v[u], wu.transpose(-1, -2))  # (kv, dim, rows * group)
-            ou = ou.view(n_kv, dim, len(rows), group).permute(2, 0, 1, 3)
-            out.index_add_(0, rows, ou)
+            ou = torch.matmul(wu, prompt_v[u])  # (kv, rows * group, dim)
+            out.index_add_(0, rows, ou.view(n_kv, len(rows), group, dim).transpose(0, 1))
         return out
 
     def select(self, index: torch.Tensor) -> None:
@@ -577,9 +651,9 @@ class KVCacheSampler:
             (order[bounds[i] : bounds[i + 1]], torch.Generator(device).manual_seed(seeds[i]))
             for i in range(workers)
         ]
-        runner_cls = _ModelForwardRunner
+        make_runner = _ModelForwardRunner
         if self.fast_path and supports_fast_path(model):
-            runner_cls = _DecoderRunner
+            make_runner = partial(_DecoderRunner, projections=_Projections(model))
 
         def run(rows: torch.Tensor, part_generator: torch.Generator, threads: int | None) -> None:
             if threads is not None:
@@ -590,7 +664,7 @@ class KVCacheSampler:
                 for chunk_rows in torch.split(rows, chunk):
                     chunk_prompts = [prompt_ids[r] for r in chunk_rows.tolist()]
                     ids, lengths = left_pad(chunk_prompts, pad_token_id, device)
-                    runner = runner_cls(model, params.max_new_tokens)
+                    runner = make_runner(model, params.max_new_tokens)
                     self._decode(runner, ids, lengths, params, part_generator, out, chunk_rows)
 
         was_training = model.training
