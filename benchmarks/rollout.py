@@ -12,6 +12,11 @@ needs: every decoded token, and the prefill of each distinct prompt prefix once.
 
 Run: ``python benchmarks/rollout.py [--dtype bf16] [--batch-size 512] [--repeats 3]``. The last
 line is ``speedup_vs_hf_generate=<ratio>``.
+
+``--tune-malloc`` reruns the process with glibc's allocator told to keep freed memory
+(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``), so large tensors reuse pages instead
+of faulting in fresh ones; both backends run under it. ``--ablations`` times the kv sampler
+against itself with one of its choices undone (``maxrl.rollout.kv`` switches), interleaved.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -28,6 +34,15 @@ from maxrl.rollout import SamplingParams, make_sampler
 from maxrl.tasks.maze import MazeTask
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# glibc reads these at process start: keep freed memory for reuse rather than unmapping it
+MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+
+# kv sampler choices that have a switch in maxrl.rollout.kv: (module attribute, value undoing it)
+ABLATIONS = {
+    "layer-0 q/k/v by GEMM, no token table": ("TABLE_MAX_VOCAB", 0),
+    "decode values by batched matmul, not embedding_bag": ("VALUE_SUMS_BY_ROWS", False),
+}
 
 
 def maze_prompts(count: int, size: int, seed: int) -> list[list[int]]:
@@ -88,7 +103,12 @@ def model_flops(model, prompt_len: int, new_tokens: int) -> tuple[float, float]:
 # torch.profiler op names grouped by what they do in the sampler
 PROFILE_GROUPS = {
     "GEMMs (linear layers)": ("aten::mm", "aten::addmm"),
-    "attention (batched GEMMs, softmax)": ("aten::bmm", "aten::_softmax"),
+    "attention (bmm, embedding_bag, softmax)": (
+        "aten::bmm",
+        "aten::_embedding_bag_forward_only",
+        "aten::_embedding_bag",
+        "aten::_softmax",
+    ),
     "elementwise (norms, RoPE, SiLU, residuals)": (
         "aten::mul",
         "aten::mul_",
@@ -147,6 +167,35 @@ def profile(model, prompts, params) -> None:
     print(f"  without the profiler, the prefill alone (max_new_tokens=1) takes {prefill:.2f} s")
 
 
+def ablations(model, prompts, params, repeats: int) -> None:
+    """The kv sampler as shipped and with each of ``ABLATIONS`` undone, interleaved."""
+    from maxrl.rollout import kv
+
+    sampler = make_sampler("kv")
+    sampler.generate(model, prompts[:8], params, pad_token_id=0)
+    variants = {"kv as shipped": None, **ABLATIONS}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for repeat in range(repeats):
+        for name, switch in variants.items():
+            saved = None
+            if switch is not None:
+                saved = getattr(kv, switch[0])
+                setattr(kv, switch[0], switch[1])
+            try:
+                g = torch.Generator().manual_seed(repeat)
+                start = time.perf_counter()
+                sampler.generate(model, prompts, params, pad_token_id=0, generator=g)
+                times[name].append(time.perf_counter() - start)
+            finally:
+                if switch is not None:
+                    setattr(kv, switch[0], saved)
+    shipped = statistics.median(times["kv as shipped"])
+    for name, runs in times.items():
+        median = statistics.median(runs)
+        runs_text = ", ".join(f"{t:.2f}" for t in runs)
+        print(f"{name}: median {median:.2f} s (runs [{runs_text}] s); {median / shipped:.3f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
@@ -168,6 +217,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--skip-hf", action="store_true", help="time only the kv sampler")
     parser.add_argument(
+        "--tune-malloc",
+        action="store_true",
+        help="rerun under glibc settings that keep freed memory for reuse (both backends)",
+    )
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="instead of comparing with hf, time kv against kv with one choice undone",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="instead of timing, profile one kv run on one thread and print where the time goes",
@@ -175,6 +234,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch_size % args.rollouts_per_prompt:
         parser.error("--batch-size must be a multiple of --rollouts-per-prompt")
+    if args.tune_malloc and any(os.environ.get(k) != v for k, v in MALLOC_TUNING.items()):
+        script_args = sys.argv[1:] if argv is None else list(argv)
+        env = {**os.environ, **MALLOC_TUNING}
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *script_args], env)
 
     dtype = DTYPES[args.dtype]
     model = build_model("paper", seed=0).to(dtype).eval()
@@ -191,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         profile(model, prompts, params)
         return
+    if args.ablations:
+        ablations(model, prompts, params, args.repeats)
+        return
     load_before = os.getloadavg()[0]
     peak = matmul_peak(dtype)
     decode_flops, prefill_flops = model_flops(model, len(prompts[0]), args.new_tokens)
@@ -201,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
     trie = len({tuple(p[: j + 1]) for p in prompts for j in range(len(p))})
     needed_flops = generated * decode_flops + prefill_flops * trie / len(prompts[0])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}")
+    tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
+    print(
+        "glibc malloc: "
+        + (" ".join(f"{k}={v}" for k, v in MALLOC_TUNING.items()) if tuned else "default settings")
+    )
     print(
         f"batch {args.batch_size} ({unique} distinct {args.prompts} prompts of {len(prompts[0])} "
         f"tokens; {trie:,} distinct prefixes of {unique * len(prompts[0]):,} prompt positions)"

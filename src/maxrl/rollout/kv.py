@@ -45,6 +45,10 @@ PREFILL_TOKENS_PER_PASS = 2048
 # layer 0's q/k/v projections are looked up by token id for vocabularies up to this size
 TABLE_MAX_VOCAB = 4096
 
+# on CPU, decode attention's output is an ``embedding_bag`` sum over value rows (False: a
+# batched matmul, as on other devices); ``benchmarks/rollout.py --ablations`` compares them
+VALUE_SUMS_BY_ROWS = True
+
 
 def supports_fast_path(model) -> bool:
     """Whether ``_DecoderRunner`` reproduces this model's forward pass."""
@@ -250,7 +254,7 @@ class _DecoderRunner:
         # On CPU, fp32 decode attention beats bf16 (bf16 batched GEMMs copy strided operands),
         # so a bf16 model's keys and values are cached as exact fp32 upcasts
         self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
-        self.by_rows = self.device.type == "cpu"
+        self.by_rows = self.device.type == "cpu" and VALUE_SUMS_BY_ROWS
 
     def _finish_layer(self, layer, h, attn_out):
         h = h + layer.self_attn.o_proj(attn_out)
@@ -460,7 +464,7 @@ class _DecoderRunner:
             out = F.embedding_bag(
                 self._value_rows,
                 values.view(-1, dim),
-                per_sample_weights=weights.view(-1, end),
+                per_sample_weights=weights.reshape(-1, end),
                 mode="sum",
             )
             return out.view(batch, n_kv, group, dim)
