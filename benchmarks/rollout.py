@@ -22,10 +22,12 @@ against itself with one of its choices undone (``maxrl.rollout.kv`` switches), i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import time
+from unittest import mock
 
 import torch
 
@@ -177,18 +179,12 @@ def ablations(model, prompts, params, repeats: int) -> None:
     times: dict[str, list[float]] = {name: [] for name in variants}
     for repeat in range(repeats):
         for name, switch in variants.items():
-            saved = None
-            if switch is not None:
-                saved = getattr(kv, switch[0])
-                setattr(kv, switch[0], switch[1])
-            try:
+            undone = mock.patch.object(kv, *switch) if switch else contextlib.nullcontext()
+            with undone:
                 g = torch.Generator().manual_seed(repeat)
                 start = time.perf_counter()
                 sampler.generate(model, prompts, params, pad_token_id=0, generator=g)
                 times[name].append(time.perf_counter() - start)
-            finally:
-                if switch is not None:
-                    setattr(kv, switch[0], saved)
     shipped = statistics.median(times["kv as shipped"])
     for name, runs in times.items():
         median = statistics.median(runs)
@@ -234,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch_size % args.rollouts_per_prompt:
         parser.error("--batch-size must be a multiple of --rollouts-per-prompt")
-    if args.tune_malloc and any(os.environ.get(k) != v for k, v in MALLOC_TUNING.items()):
+    tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
+    if args.tune_malloc and not tuned:
         script_args = sys.argv[1:] if argv is None else list(argv)
         env = {**os.environ, **MALLOC_TUNING}
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *script_args], env)
@@ -267,7 +264,6 @@ def main(argv: list[str] | None = None) -> None:
     trie = len({tuple(p[: j + 1]) for p in prompts for j in range(len(p))})
     needed_flops = generated * decode_flops + prefill_flops * trie / len(prompts[0])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}")
-    tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
     print(
         "glibc malloc: "
         + (" ".join(f"{k}={v}" for k, v in MALLOC_TUNING.items()) if tuned else "default settings")

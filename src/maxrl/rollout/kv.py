@@ -421,6 +421,7 @@ class _DecoderRunner:
         cos, sin = self.rotary(h[:, None], self.positions[:, None])
         group = self.n_heads // self.n_kv
         nq, nk = self.q_width, self.kv_width
+        attend = self._shared_attention if self.shared else self._own_attention
         if self.by_rows and not self.shared:
             self._value_rows = self._value_bags(batch, col + 1)
         for i, layer in enumerate(self.layers):
@@ -431,7 +432,6 @@ class _DecoderRunner:
             self.keys[i][:, :, col] = k[:, :, 0]
             self.values[i][:, :, col] = qkv[:, nq + nk :].view(batch, self.n_kv, self.head_dim)
             q = q.reshape(batch, self.n_kv, group, self.head_dim).to(self.cache_dtype)
-            attend = self._shared_attention if self.shared else self._own_attention
             out = attend(i, q).reshape(batch, -1).to(self.dtype)
             h = self._finish_layer(layer, h, out)
         self.filled += 1
@@ -456,7 +456,7 @@ class _DecoderRunner:
         end = self.filled + 1
         values = self.values[i]
         scores = torch.matmul(self.keys[i][:, :, :end], q.transpose(-1, -2)).transpose(-1, -2)
-        scores = scores.mul_(self.scaling)
+        scores.mul_(self.scaling)
         if self.padded:
             scores.add_(self.key_bias[..., :end])
         weights = scores.softmax(dim=-1)
