@@ -44,9 +44,6 @@ MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_
 ABLATIONS = {
     "layer-0 q/k/v by GEMM, no token table": ("TABLE_MAX_VOCAB", 0),
     "decode values by batched matmul, not embedding_bag": ("VALUE_SUMS_BY_ROWS", False),
-    "cache buffers allocated per call, not pooled": ("POOL_BUFFERS", False),
-    "pooled buffers on 4 KiB pages, not huge pages": ("HUGE_PAGES", False),
-    "prefill passes of 2,048 tokens, not 512": ("PREFILL_TOKENS_PER_PASS", 2048),
 }
 
 
@@ -176,24 +173,17 @@ def ablations(model, prompts, params, repeats: int) -> None:
     """The kv sampler as shipped and with each of ``ABLATIONS`` undone, interleaved."""
     from maxrl.rollout import kv
 
+    sampler = make_sampler("kv")
+    sampler.generate(model, prompts[:8], params, pad_token_id=0)
     variants = {"kv as shipped": None, **ABLATIONS}
-
-    def undone(switch):
-        return mock.patch.object(kv, *switch) if switch else contextlib.nullcontext()
-
-    # a sampler per variant, warmed up on the whole batch: each keeps the buffers its
-    # switches allocated (the pool, huge pages) between calls
-    samplers = {name: make_sampler("kv") for name in variants}
-    for name, switch in variants.items():
-        with undone(switch):
-            samplers[name].generate(model, prompts, params, pad_token_id=0)
     times: dict[str, list[float]] = {name: [] for name in variants}
     for repeat in range(repeats):
         for name, switch in variants.items():
-            with undone(switch):
+            undone = mock.patch.object(kv, *switch) if switch else contextlib.nullcontext()
+            with undone:
                 g = torch.Generator().manual_seed(repeat)
                 start = time.perf_counter()
-                samplers[name].generate(model, prompts, params, pad_token_id=0, generator=g)
+                sampler.generate(model, prompts, params, pad_token_id=0, generator=g)
                 times[name].append(time.perf_counter() - start)
     shipped = statistics.median(times["kv as shipped"])
     for name, runs in times.items():
@@ -291,10 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     times: dict[str, list[float]] = {name: [] for name in backends}
-    # warm-up on the whole batch (lazy imports, the allocator, the kv sampler's buffer pool):
-    # the timed calls are the steady state of a trainer that samples every step
-    for sampler in backends.values():
-        sampler.generate(model, prompts, params, pad_token_id=0)
+    for sampler in backends.values():  # warm-up (allocator, lazy imports)
+        sampler.generate(model, prompts[:8], params, pad_token_id=0)
     for repeat in range(args.repeats):
         for name, sampler in backends.items():
             g = torch.Generator().manual_seed(repeat)

@@ -389,60 +389,6 @@ def test_decode_attention_by_rows_equals_matmul(name):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
-def _requests() -> list[tuple[list[list[int]], SamplingParams]]:
-    """Calls of different shapes for one sampler: distinct padded prompts, a larger batch with
-    stops (rows dropped), a shared-cache batch (rollouts of one prompt), a small batch."""
-    shared = [[5, 6, 7, 8, 9], [PAD, 11], [12, 13, 14]] * 20
-    return [
-        (prompts(9, seed=6), SamplingParams(max_new_tokens=8, temperature=0.9)),
-        (prompts(40, seed=7), SamplingParams(max_new_tokens=12, stop_token_ids=(3, 5, 11))),
-        (shared, SamplingParams(max_new_tokens=10, temperature=0.8, stop_token_ids=(3, 4))),
-        (prompts(3, seed=8), SamplingParams(max_new_tokens=6)),
-    ]
-
-
-@pytest.mark.parametrize("name", ["qwen2_small", "llama"])
-def test_pooled_buffers_are_reused_and_never_leak_stale_values(name, monkeypatch):
-    """One sampler across calls of different shapes keeps its cache buffers; filling the kept
-    buffers with NaN between calls changes nothing: every call stays exact and equals a
-    sampler that allocates afresh (no pool, no huge pages)."""
-    m = model(name)
-    allocations = []
-    allocate = kv_module._BufferPool._allocate
-    monkeypatch.setattr(
-        kv_module._BufferPool,
-        "_allocate",
-        lambda pool, nbytes: allocations.append(nbytes) or allocate(pool, nbytes),
-    )
-    pooled = KVCacheSampler(workers=2)
-    for round_ in range(2):
-        for call, (p, params) in enumerate(_requests()):
-            before = len(allocations)
-            r = pooled.generate(
-                m, p, params, pad_token_id=PAD, generator=torch.Generator().manual_seed(call)
-            )
-            if round_ == 1:  # the buffers of the first round are large enough for all calls
-                assert len(allocations) == before
-            check_rollouts(m, p, r, params)
-            with monkeypatch.context() as fresh:
-                fresh.setattr(kv_module, "POOL_BUFFERS", False)
-                fresh.setattr(kv_module, "HUGE_PAGES", False)
-                expected = KVCacheSampler(workers=2).generate(
-                    m, p, params, pad_token_id=PAD, generator=torch.Generator().manual_seed(call)
-                )
-            assert torch.equal(r.tokens, expected.tokens)
-            assert torch.equal(r.logprobs, expected.logprobs)
-            with torch.inference_mode():  # the sampler allocates in inference mode
-                for buf in pooled._pool._free:
-                    buf.fill_(255)  # every float32 in it becomes NaN
-    assert allocations and pooled._pool._free
-    pooled.release_buffers()
-    assert not pooled._pool._free
-    before = len(allocations)
-    pooled.generate(m, *_requests()[0], pad_token_id=PAD)
-    assert len(allocations) > before
-
-
 def test_stop_on_the_first_token():
     params = SamplingParams(max_new_tokens=5, stop_token_ids=tuple(range(VOCAB)))
     for backend in ["kv", "hf"]:

@@ -17,8 +17,6 @@ See docs/rollout.md for the measurements behind each choice."""
 from __future__ import annotations
 
 import inspect
-import mmap
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,9 +39,8 @@ MIN_ROWS_PER_WORKER = 16
 # below it the per-prompt loop in shared attention costs more than the reads it saves
 MIN_ROWS_PER_SHARED_PROMPT = 16
 
-# computed tokens per prefill pass: small enough that its GEMMs run near the one-core peak and
-# its activations stay in cache (``benchmarks/rollout.py --ablations --new-tokens 1``)
-PREFILL_TOKENS_PER_PASS = 512
+# keep the prefill's activations (tokens x intermediate size) inside the last-level cache
+PREFILL_TOKENS_PER_PASS = 2048
 
 # layer 0's q/k/v projections are looked up by token id for vocabularies up to this size
 TABLE_MAX_VOCAB = 4096
@@ -51,11 +48,6 @@ TABLE_MAX_VOCAB = 4096
 # on CPU, decode attention's output is an ``embedding_bag`` sum over value rows (False: a
 # batched matmul, as on other devices); ``benchmarks/rollout.py --ablations`` compares them
 VALUE_SUMS_BY_ROWS = True
-
-# the sampler keeps its CPU cache buffers between chunks and calls (``_BufferPool``), and where
-# the OS allows it advises them for transparent huge pages; ``--ablations`` undoes each
-POOL_BUFFERS = True
-HUGE_PAGES = True
 
 
 def supports_fast_path(model) -> bool:
@@ -230,59 +222,6 @@ class _Projections:
         return self._gemm(i, self.norms[i](h), cols)
 
 
-class _BufferPool:
-    """Flat byte buffers kept between chunks and ``generate`` calls, on CPU.
-
-    A fresh large tensor page-faults once per 4 KiB page as it is first written, and glibc
-    returns large freed blocks to the OS, so without a pool every call faults its whole cache
-    in again. Pooled buffers stay mapped; ``KVCacheSampler.release_buffers`` drops them. Where
-    the OS supports it (Linux), each is an anonymous mmap aligned to 2 MiB and advised for
-    transparent huge pages (``HUGE_PAGES``): decode attention streams the cache faster with
-    fewer TLB misses, and a buffer's first use takes one fault per 2 MiB. Other devices allocate
-    per request (their allocators cache already).
-    """
-
-    ALIGN = 2 << 20
-
-    def __init__(self) -> None:
-        self._free: list[torch.Tensor] = []
-        self._lock = threading.Lock()
-
-    def take(self, nbytes: int, device: torch.device) -> torch.Tensor:
-        """A uint8 tensor of at least ``nbytes`` bytes; its contents are unspecified."""
-        if device.type != "cpu" or not POOL_BUFFERS:
-            return torch.empty(nbytes, dtype=torch.uint8, device=device)
-        with self._lock:
-            fits = [j for j, buf in enumerate(self._free) if buf.numel() >= nbytes]
-            if fits:
-                return self._free.pop(min(fits, key=lambda j: self._free[j].numel()))
-            # buffers too small for this request are from smaller calls: let them go
-            self._free = [buf for buf in self._free if buf.numel() > nbytes]
-        return self._allocate(nbytes)
-
-    def give(self, buf: torch.Tensor) -> None:
-        if buf.device.type == "cpu" and POOL_BUFFERS:
-            with self._lock:
-                self._free.append(buf)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._free = []
-
-    def _allocate(self, nbytes: int) -> torch.Tensor:
-        size = -(-nbytes // self.ALIGN) * self.ALIGN
-        if not (HUGE_PAGES and hasattr(mmap, "MADV_HUGEPAGE")):
-            return torch.empty(size, dtype=torch.uint8)
-        region = mmap.mmap(-1, size + self.ALIGN, flags=mmap.MAP_PRIVATE)  # not shmem
-        try:
-            region.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:  # a kernel without transparent huge pages: plain pages
-            pass
-        raw = torch.frombuffer(region, dtype=torch.uint8)  # keeps the mapping alive
-        start = -raw.data_ptr() % self.ALIGN
-        return raw[start : start + size]
-
-
 class _DecoderRunner:
     """Qwen2/Llama decoder stack over preallocated K/V buffers, using the model's own modules.
 
@@ -293,13 +232,7 @@ class _DecoderRunner:
     faster than a batched GEMM does (docs/rollout.md).
     """
 
-    def __init__(
-        self,
-        model,
-        max_new_tokens: int,
-        projections: _Projections | None = None,
-        pool: _BufferPool | None = None,
-    ):
+    def __init__(self, model, max_new_tokens: int, projections: _Projections | None = None):
         inner = model.model
         self.embed = inner.embed_tokens
         self.layers = list(inner.layers)
@@ -322,8 +255,6 @@ class _DecoderRunner:
         # so a bf16 model's keys and values are cached as exact fp32 upcasts
         self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
         self.by_rows = self.device.type == "cpu" and VALUE_SUMS_BY_ROWS
-        self.pool = pool or _BufferPool()
-        self._held: list[torch.Tensor] = []
 
     def _finish_layer(self, layer, h, attn_out):
         h = h + layer.self_attn.o_proj(attn_out)
@@ -332,31 +263,11 @@ class _DecoderRunner:
         # down(act(gate(x)) * up(x)), the product taken in place
         return h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)).mul_(mlp.up_proj(x)))
 
-    def _take(self, count: int, shape: tuple[int, ...]) -> list[torch.Tensor]:
-        """``count`` cache-dtype tensors of ``shape`` from one pooled buffer, held by this
-        runner until ``release``."""
-        numel = int(np.prod(shape))
-        itemsize = self.cache_dtype.itemsize
-        buf = self.pool.take(count * numel * itemsize, self.device)
-        self._held.append(buf)
-        flat = buf[: count * numel * itemsize].view(self.cache_dtype)
-        return [flat[j * numel : (j + 1) * numel].view(shape) for j in range(count)]
-
-    def release(self, tensors: list[torch.Tensor] | None = None) -> None:
-        """Give the pooled buffers behind ``tensors`` (default: all held) back to the pool."""
-        ptrs = None if tensors is None else {t.data_ptr() for t in tensors}
-        kept = []
-        for buf in self._held:
-            if ptrs is None or buf.data_ptr() in ptrs:
-                self.pool.give(buf)
-            else:
-                kept.append(buf)
-        self._held = kept
-
     def _buffers(self, batch: int, total: int) -> tuple[list, list]:
-        """Key and value buffers (batch, kv_heads, total, head_dim) for each layer."""
-        both = self._take(2 * len(self.layers), (batch, self.n_kv, total, self.head_dim))
-        return both[::2], both[1::2]
+        k_shape = (batch, self.n_kv, total, self.head_dim)
+        v_shape = (batch, self.n_kv, total, self.head_dim)
+        new = partial(torch.empty, dtype=self.cache_dtype, device=self.device)
+        return [new(k_shape) for _ in self.layers], [new(v_shape) for _ in self.layers]
 
     def _pad_bias(self, pad_cols: torch.Tensor, total: int) -> torch.Tensor:
         """(rows, 1, 1, total) additive attention bias that hides each row's left padding."""
@@ -382,10 +293,14 @@ class _DecoderRunner:
         self.shared = batch >= MIN_ROWS_PER_SHARED_PROMPT * plan.count
         # the prompts' keys and values, token-major (prompt * width + column, kv_heads * dim)
         # while the passes fill them, so that writes and copies move whole rows
-        staged = self._take(2 * len(self.layers), (plan.count * width, self.kv_width))
-        if self.padded:  # padding columns are never written, and attention must read zeros
-            for buf in staged:
-                buf.zero_()
+        staged = [
+            (torch.zeros if self.padded else torch.empty)(
+                (plan.count * width, self.n_kv * self.head_dim),
+                dtype=self.cache_dtype,
+                device=self.device,
+            )
+            for _ in range(2 * len(self.layers))
+        ]
         staged_k, staged_v = staged[::2], staged[1::2]
         logits = torch.cat(
             [self._prefill_pass(part, width, staged_k, staged_v) for part in plan.passes()]
@@ -415,14 +330,12 @@ class _DecoderRunner:
             # rows arrive sorted (``KVCacheSampler.generate``): distinct prompts need no gather
             in_order = plan.count == batch and bool((plan.inverse == torch.arange(batch)).all())
             shape = (batch, width, self.n_kv, self.head_dim)
-            gathered = None if in_order else self._take(1, (batch, width * self.kv_width))[0]
-            for dst, src in zip(self.keys + self.values, staged_k + staged_v):
+            for dst_k, dst_v, src_k, src_v in zip(self.keys, self.values, staged_k, staged_v):
                 if not in_order:  # gather whole prompts while contiguous, then relayout
-                    src = torch.index_select(src.view(plan.count, -1), 0, inverse, out=gathered)
-                dst[:, :, :width] = src.view(shape).transpose(1, 2)
-            if not in_order:
-                self.release([gathered])
-        self.release(staged)
+                    src_k = src_k.view(plan.count, -1).index_select(0, inverse)
+                    src_v = src_v.view(plan.count, -1).index_select(0, inverse)
+                dst_k[:, :, :width] = src_k.view(shape).transpose(1, 2)
+                dst_v[:, :, :width] = src_v.view(shape).transpose(1, 2)
         return logits[inverse]
 
     def _set_members(self) -> None:
@@ -587,14 +500,9 @@ class _DecoderRunner:
         return out
 
     def select(self, index: torch.Tensor) -> None:
-        """Keep only the rows in ``index``, moved to the front of their (pooled) buffers."""
-
-        def front(buf: torch.Tensor) -> torch.Tensor:
-            buf[: len(index)] = buf.index_select(0, index)
-            return buf[: len(index)]
-
-        self.keys = [front(k) for k in self.keys]
-        self.values = [front(v) for v in self.values]
+        """Keep only the rows in ``index``."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
         self.positions = self.positions[index]
         if self.shared:
             self.group = self.group[index]
@@ -646,9 +554,6 @@ class _ModelForwardRunner:
         self.positions += 1
         return out.logits[:, -1]
 
-    def release(self) -> None:
-        self.cache = None
-
     def select(self, index: torch.Tensor) -> None:
         self.cache.batch_select_indices(index)
         self.mask = self.mask[index]
@@ -696,9 +601,6 @@ class KVCacheSampler:
     Samples are a deterministic function of the generator's state, ``workers``,
     ``max_batch_size`` and ``compact_below``: each stream draws from its own generator seeded
     from ``generator`` (or from the global RNG when it is None).
-
-    On CPU the fast path keeps its cache buffers for the next call, so that they stay mapped
-    (``_BufferPool``); ``release_buffers()`` frees them.
     """
 
     def __init__(
@@ -718,11 +620,6 @@ class KVCacheSampler:
         self.workers = workers
         self.fast_path = fast_path
         self.compact_below = compact_below
-        self._pool = _BufferPool()
-
-    def release_buffers(self) -> None:
-        """Free the CPU cache buffers kept for the next call (they are reused otherwise)."""
-        self._pool.clear()
 
     def generate(
         self,
@@ -760,7 +657,7 @@ class KVCacheSampler:
         ]
         make_runner = _ModelForwardRunner
         if self.fast_path and supports_fast_path(model):
-            make_runner = partial(_DecoderRunner, projections=_Projections(model), pool=self._pool)
+            make_runner = partial(_DecoderRunner, projections=_Projections(model))
 
         def run(rows: torch.Tensor, part_generator: torch.Generator, threads: int | None) -> None:
             if threads is not None:
@@ -772,10 +669,7 @@ class KVCacheSampler:
                     chunk_prompts = [prompt_ids[r] for r in chunk_rows.tolist()]
                     ids, lengths = left_pad(chunk_prompts, pad_token_id, device)
                     runner = make_runner(model, params.max_new_tokens)
-                    try:
-                        self._decode(runner, ids, lengths, params, part_generator, out, chunk_rows)
-                    finally:
-                        runner.release()
+                    self._decode(runner, ids, lengths, params, part_generator, out, chunk_rows)
 
         was_training = model.training
         model.eval()
