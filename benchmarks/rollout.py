@@ -16,7 +16,8 @@ line is ``speedup_vs_hf_generate=<ratio>``.
 ``--tune-malloc`` reruns the process with glibc's allocator told to keep freed memory
 (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``), so large tensors reuse pages instead
 of faulting in fresh ones; both backends run under it. ``--ablations`` times the kv sampler
-against itself with one of its choices undone (``maxrl.rollout.kv`` switches), interleaved.
+against itself with one of its choices undone (``maxrl.rollout.kv`` switches), each variant in
+a fresh process per round.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import time
 from unittest import mock
@@ -44,6 +46,7 @@ MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_
 ABLATIONS = {
     "layer-0 q/k/v by GEMM, no token table": ("TABLE_MAX_VOCAB", 0),
     "decode values by batched matmul, not embedding_bag": ("VALUE_SUMS_BY_ROWS", False),
+    "prefill passes of 2,048 tokens": ("PREFILL_TOKENS_PER_PASS", 2048),
 }
 
 
@@ -169,27 +172,44 @@ def profile(model, prompts, params) -> None:
     print(f"  without the profiler, the prefill alone (max_new_tokens=1) takes {prefill:.2f} s")
 
 
-def ablations(model, prompts, params, repeats: int) -> None:
-    """The kv sampler as shipped and with each of ``ABLATIONS`` undone, interleaved."""
-    from maxrl.rollout import kv
+VARIANTS = {"kv as shipped": None, **ABLATIONS}
+CALLS_PER_VARIANT_PROCESS = 3
 
-    sampler = make_sampler("kv")
-    sampler.generate(model, prompts[:8], params, pad_token_id=0)
-    variants = {"kv as shipped": None, **ABLATIONS}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for repeat in range(repeats):
-        for name, switch in variants.items():
-            undone = mock.patch.object(kv, *switch) if switch else contextlib.nullcontext()
-            with undone:
-                g = torch.Generator().manual_seed(repeat)
-                start = time.perf_counter()
-                sampler.generate(model, prompts, params, pad_token_id=0, generator=g)
-                times[name].append(time.perf_counter() - start)
+
+def ablations(script_args: list[str], repeats: int) -> None:
+    """The kv sampler as shipped and with each of ``ABLATIONS`` undone: each variant runs in
+    a fresh process per round (allocator state is process-wide, so variants sharing one
+    process would time each other's leftovers), the variants alternating, ``repeats`` rounds.
+    A round's figure is the median of ``CALLS_PER_VARIANT_PROCESS`` calls after a warm-up."""
+    rest = [a for a in script_args if a != "--ablations"]
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for _ in range(repeats):
+        for index, name in enumerate(VARIANTS):
+            command = [sys.executable, os.path.abspath(__file__), *rest, "--variant", str(index)]
+            result = subprocess.run(command, capture_output=True, text=True, check=True)
+            times[name].append(float(result.stdout.split("variant_seconds=")[-1]))
     shipped = statistics.median(times["kv as shipped"])
     for name, runs in times.items():
         median = statistics.median(runs)
         runs_text = ", ".join(f"{t:.2f}" for t in runs)
-        print(f"{name}: median {median:.2f} s (runs [{runs_text}] s); {median / shipped:.3f}x")
+        print(f"{name}: median {median:.2f} s (rounds [{runs_text}] s); {median / shipped:.3f}x")
+
+
+def run_variant(index: int, model, prompts, params) -> None:
+    """One process's share of ``ablations``: variant ``index`` of ``VARIANTS``."""
+    from maxrl.rollout import kv
+
+    switch = list(VARIANTS.values())[index]
+    with mock.patch.object(kv, *switch) if switch else contextlib.nullcontext():
+        sampler = make_sampler("kv")
+        sampler.generate(model, prompts, params, pad_token_id=0)  # warm-up, whole batch
+        runs = []
+        for call in range(CALLS_PER_VARIANT_PROCESS):
+            g = torch.Generator().manual_seed(call)
+            start = time.perf_counter()
+            sampler.generate(model, prompts, params, pad_token_id=0, generator=g)
+            runs.append(time.perf_counter() - start)
+    print(f"variant_seconds={statistics.median(runs)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -220,8 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--ablations",
         action="store_true",
-        help="instead of comparing with hf, time kv against kv with one choice undone",
+        help="instead of comparing with hf, time kv against kv with one choice undone (each "
+        "variant in a fresh process per round; --repeats rounds)",
     )
+    parser.add_argument("--variant", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -230,9 +252,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch_size % args.rollouts_per_prompt:
         parser.error("--batch-size must be a multiple of --rollouts-per-prompt")
+    script_args = sys.argv[1:] if argv is None else list(argv)
+    if args.ablations:
+        ablations(script_args, args.repeats)
+        return
     tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
     if args.tune_malloc and not tuned:
-        script_args = sys.argv[1:] if argv is None else list(argv)
         env = {**os.environ, **MALLOC_TUNING}
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *script_args], env)
 
@@ -251,8 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         profile(model, prompts, params)
         return
-    if args.ablations:
-        ablations(model, prompts, params, args.repeats)
+    if args.variant is not None:
+        run_variant(args.variant, model, prompts, params)
         return
     load_before = os.getloadavg()[0]
     peak = matmul_peak(dtype)

@@ -39,8 +39,9 @@ MIN_ROWS_PER_WORKER = 16
 # below it the per-prompt loop in shared attention costs more than the reads it saves
 MIN_ROWS_PER_SHARED_PROMPT = 16
 
-# keep the prefill's activations (tokens x intermediate size) inside the last-level cache
-PREFILL_TOKENS_PER_PASS = 2048
+# computed tokens per prefill pass: its activations stay in cache and its GEMMs run near the
+# one-core peak (``benchmarks/rollout.py --ablations --new-tokens 1`` against 2,048)
+PREFILL_TOKENS_PER_PASS = 512
 
 # layer 0's q/k/v projections are looked up by token id for vocabularies up to this size
 TABLE_MAX_VOCAB = 4096
