@@ -48,6 +48,9 @@ ABLATIONS = {
     "decode values by batched matmul, not embedding_bag": ("VALUE_SUMS_BY_ROWS", False),
     "prefill passes of 2,048 tokens": ("PREFILL_TOKENS_PER_PASS", 2048),
 }
+VARIANTS = {"kv as shipped": None, **ABLATIONS}
+# timed calls per variant process in --ablations, after one warm-up call
+CALLS_PER_VARIANT_PROCESS = 3
 
 
 def maze_prompts(count: int, size: int, seed: int) -> list[list[int]]:
@@ -170,10 +173,6 @@ def profile(model, prompts, params) -> None:
     sampler.generate(model, prompts, first_token, pad_token_id=0)
     prefill = time.perf_counter() - start
     print(f"  without the profiler, the prefill alone (max_new_tokens=1) takes {prefill:.2f} s")
-
-
-VARIANTS = {"kv as shipped": None, **ABLATIONS}
-CALLS_PER_VARIANT_PROCESS = 3
 
 
 def ablations(script_args: list[str], repeats: int) -> None:

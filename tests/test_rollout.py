@@ -370,12 +370,12 @@ def test_decode_attention_by_rows_equals_matmul(name):
     on other devices give the same logits, with left padding and dropped rows."""
     m = model(name)
     ids, lengths = left_pad(prompts(6, seed=5), PAD, torch.device("cpu"))
-    tokens = torch.tensor([4, 7, 1, 9, 12, 3])
     logits = {}
     with torch.no_grad():
         for by_rows in (True, False):
             runner = kv_module._DecoderRunner(m, 6)
             runner.by_rows = by_rows
+            tokens = torch.tensor([4, 7, 1, 9, 12, 3])
             out = [runner.prefill(ids, lengths)]
             for step in range(5):
                 if step == 3:
@@ -383,7 +383,6 @@ def test_decode_attention_by_rows_equals_matmul(name):
                     tokens = tokens[[0, 2, 3, 5]]
                 out.append(runner.step(tokens))
             logits[by_rows] = out
-            tokens = torch.tensor([4, 7, 1, 9, 12, 3])
     assert [x.shape[0] for x in logits[True]] == [6, 6, 6, 6, 4, 4]
     for a, b in zip(logits[True], logits[False]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
