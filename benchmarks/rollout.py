@@ -17,7 +17,8 @@ line is ``speedup_vs_hf_generate=<ratio>``.
 (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``), so large tensors reuse pages instead
 of faulting in fresh ones; both backends run under it. ``--ablations`` times the kv sampler
 against itself with one of its choices undone (``maxrl.rollout.kv`` switches), each variant in
-a fresh process per round.
+a fresh process per round. ``--memory`` measures the peak memory one call of each backend
+adds, each in a fresh process.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -194,6 +196,29 @@ def ablations(script_args: list[str], repeats: int) -> None:
         print(f"{name}: median {median:.2f} s (rounds [{runs_text}] s); {median / shipped:.3f}x")
 
 
+def memory(script_args: list[str], backends: list[str]) -> None:
+    """Peak resident memory one call of each backend adds, each in a fresh process (the
+    process's peak resident set after the call less its peak before it)."""
+    rest = [a for a in script_args if a != "--memory"]
+    for name in backends:
+        command = [sys.executable, os.path.abspath(__file__), *rest, "--memory-of", name]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        before, after = map(float, result.stdout.split("peak_rss_mib=")[-1].split(","))
+        print(
+            f"{name}: peak resident memory {before:,.0f} MiB before the call, "
+            f"{after:,.0f} MiB after: {after - before:,.0f} MiB added"
+        )
+
+
+def run_memory(sampler, model, prompts, params) -> None:
+    """One process's share of ``memory``."""
+    sampler.generate(model, prompts[:8], params, pad_token_id=0)  # lazy imports, small buffers
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    sampler.generate(model, prompts, params, pad_token_id=0)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak_rss_mib={before},{after}")
+
+
 def run_variant(index: int, model, prompts, params) -> None:
     """One process's share of ``ablations``: variant ``index`` of ``VARIANTS``."""
     from maxrl.rollout import kv
@@ -244,6 +269,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--variant", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead of timing, measure the peak memory one call of each backend adds (each "
+        "in a fresh process)",
+    )
+    parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="instead of timing, profile one kv run on one thread and print where the time goes",
@@ -254,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     script_args = sys.argv[1:] if argv is None else list(argv)
     if args.ablations:
         ablations(script_args, args.repeats)
+        return
+    if args.memory:
+        memory(script_args, ["kv"] if args.skip_hf else ["kv", "hf"])
         return
     tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
     if args.tune_malloc and not tuned:
@@ -274,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.profile:
         profile(model, prompts, params)
+        return
+    if args.memory_of is not None:
+        run_memory(backends[args.memory_of], model, prompts, params)
         return
     if args.variant is not None:
         run_variant(args.variant, model, prompts, params)

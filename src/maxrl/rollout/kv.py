@@ -292,24 +292,8 @@ class _DecoderRunner:
         plan = _PrefixPlan(ids, prompt_lengths)
         inverse = plan.inverse.to(self.device)
         self.shared = batch >= MIN_ROWS_PER_SHARED_PROMPT * plan.count
-        # the prompts' keys and values, token-major (prompt * width + column, kv_heads * dim)
-        # while the passes fill them, so that writes and copies move whole rows
-        staged = [
-            (torch.zeros if self.padded else torch.empty)(
-                (plan.count * width, self.n_kv * self.head_dim),
-                dtype=self.cache_dtype,
-                device=self.device,
-            )
-            for _ in range(2 * len(self.layers))
-        ]
-        staged_k, staged_v = staged[::2], staged[1::2]
-        logits = torch.cat(
-            [self._prefill_pass(part, width, staged_k, staged_v) for part in plan.passes()]
-        )
-
-        def as_cache(flat: torch.Tensor) -> torch.Tensor:  # (prompts, kv_heads, width, dim)
-            return flat.view(plan.count, width, self.n_kv, self.head_dim).transpose(1, 2)
-
+        # the passes write each distinct prompt's keys and values straight into the cache
+        # row that decodes it first (``row_of``); repeats are copied from it afterwards
         if self.shared:
             self.prompt_keys, self.prompt_values = self._buffers(plan.count, width)
             self.keys, self.values = self._buffers(batch, self.max_new_tokens - 1)
@@ -318,25 +302,29 @@ class _DecoderRunner:
             self._set_members()
             if self.padded:
                 self.row_bias = self._pad_bias(plan.pads.to(self.device), width)[inverse]
-            for dst_k, dst_v, src_k, src_v in zip(
-                self.prompt_keys, self.prompt_values, staged_k, staged_v
-            ):
-                dst_k.copy_(as_cache(src_k))
-                dst_v.copy_(as_cache(src_v))
+            target_k, target_v = self.prompt_keys, self.prompt_values
+            row_of = torch.arange(plan.count, device=self.device)
         else:
             self.keys, self.values = self._buffers(batch, width + self.max_new_tokens - 1)
             self.filled = width
             if self.padded:
                 self.key_bias = self._pad_bias(width - prompt_lengths, self.keys[0].shape[2])
-            # rows arrive sorted (``KVCacheSampler.generate``): distinct prompts need no gather
-            in_order = plan.count == batch and bool((plan.inverse == torch.arange(batch)).all())
-            shape = (batch, width, self.n_kv, self.head_dim)
-            for dst_k, dst_v, src_k, src_v in zip(self.keys, self.values, staged_k, staged_v):
-                if not in_order:  # gather whole prompts while contiguous, then relayout
-                    src_k = src_k.view(plan.count, -1).index_select(0, inverse)
-                    src_v = src_v.view(plan.count, -1).index_select(0, inverse)
-                dst_k[:, :, :width] = src_k.view(shape).transpose(1, 2)
-                dst_v[:, :, :width] = src_v.view(shape).transpose(1, 2)
+            target_k, target_v = self.keys, self.values
+            rows = torch.arange(batch, device=self.device)
+            row_of = torch.full((plan.count,), batch, device=self.device)
+            row_of = row_of.scatter_reduce_(0, inverse, rows, "amin")
+        if self.padded:  # padding columns are masked, but must hold finite values
+            for buffer in (*target_k, *target_v):
+                buffer[:, :, :width].zero_()
+        logits = torch.cat(
+            [self._prefill_pass(part, width, target_k, target_v, row_of) for part in plan.passes()]
+        )
+        if not self.shared:
+            repeats = (row_of[inverse] != rows).nonzero()[:, 0]
+            if len(repeats):
+                sources = row_of[inverse[repeats]]
+                for buffer in (*self.keys, *self.values):
+                    buffer[repeats, :, :width] = buffer[sources, :, :width]
         return logits[inverse]
 
     def _set_members(self) -> None:
@@ -345,17 +333,23 @@ class _DecoderRunner:
         counts = torch.bincount(self.group).tolist()
         self.members = [(u, rows) for u, rows in enumerate(torch.split(order, counts)) if len(rows)]
 
-    def _prefill_pass(self, part, width: int, staged_k: list, staged_v: list) -> torch.Tensor:
+    def _prefill_pass(
+        self, part, width: int, target_k: list, target_v: list, row_of: torch.Tensor
+    ) -> torch.Tensor:
         """Run the prompts ``part.first ... part.stop - 1`` through the model at the positions
-        they own, fill all their keys and values in the token-major ``staged_k``/``staged_v``
-        (positions owned by earlier prompts are copied), and return their last logits."""
+        they own, fill all their keys and values in the caches ``target_k``/``target_v``
+        (``(rows, kv_heads, time, head_dim)``; prompt ``u`` in row ``row_of[u]``; positions
+        owned by earlier prompts are copied), and return their last logits."""
         dev = self.device
         nb, n_kv, dim = part.stop - part.first, self.n_kv, self.head_dim
         group = self.n_heads // n_kv
-        block = slice(part.first * width, part.stop * width)
-        own = (part.own_rows * width + part.own_cols).to(dev)
-        copy_dst = (part.copy_rows * width + part.copy_dst_cols).to(dev)
-        copy_src = (part.copy_src_rows * width + part.copy_cols).to(dev)
+        rows = row_of[part.first : part.stop]
+        first_row = int(rows[0])
+        # the block's cache rows as a slice when they are consecutive (no repeated prompt)
+        block = slice(first_row, first_row + nb) if int(rows[-1]) - first_row == nb - 1 else rows
+        own = (row_of[part.own_rows.to(dev)], part.own_cols.to(dev))
+        copy_dst = (row_of[part.copy_rows.to(dev)], part.copy_dst_cols.to(dev))
+        copy_src = (row_of[part.copy_src_rows.to(dev)], part.copy_cols.to(dev))
         slot = ((part.own_rows - part.first).to(dev), part.slots.to(dev))
         last = part.last.to(dev)
         cols = torch.arange(width, device=dev)
@@ -372,7 +366,7 @@ class _DecoderRunner:
         cos, sin = self.rotary(h, part.positions.to(dev)[None])
         final = len(self.layers) - 1
         nq, nk, n = self.q_width, self.kv_width, len(tokens)
-        for i, (layer, flat_k, flat_v) in enumerate(zip(self.layers, staged_k, staged_v)):
+        for i, (layer, cache_k, cache_v) in enumerate(zip(self.layers, target_k, target_v)):
             if i == final:
                 # the last layer's output is needed only at each prompt's last position (for
                 # the first logits); at the others only its keys and values are
@@ -389,13 +383,15 @@ class _DecoderRunner:
                 k = qkv[:, nq : nq + nk].view(1, n, n_kv, dim).transpose(1, 2)
                 v = qkv[:, nq + nk :]
                 q, k = self.apply_rope(q, k, cos, sin)
-            flat_k.index_copy_(0, own, k[0].transpose(0, 1).reshape(n, -1).to(self.cache_dtype))
-            flat_v.index_copy_(0, own, v.to(self.cache_dtype))
-            if len(copy_dst):
-                flat_k.index_copy_(0, copy_dst, flat_k.index_select(0, copy_src))
-                flat_v.index_copy_(0, copy_dst, flat_v.index_select(0, copy_src))
-            keys = flat_k[block].view(nb, width, n_kv, dim).permute(0, 2, 3, 1)  # (nb, kv, d, w)
-            values = flat_v[block].view(nb, width, n_kv, dim).transpose(1, 2)  # (nb, kv, w, d)
+            # (rows, time, kv_heads, dim) views: a (row, column) index moves whole positions
+            by_col_k, by_col_v = cache_k.transpose(1, 2), cache_v.transpose(1, 2)
+            by_col_k.index_put_(own, k[0].transpose(0, 1).to(self.cache_dtype))
+            by_col_v.index_put_(own, v.view(n, n_kv, dim).to(self.cache_dtype))
+            if len(copy_dst[0]):
+                by_col_k.index_put_(copy_dst, by_col_k[copy_src])
+                by_col_v.index_put_(copy_dst, by_col_v[copy_src])
+            keys = cache_k[block, :, :width].transpose(-1, -2)  # (nb, kv, d, w)
+            values = cache_v[block, :, :width]  # (nb, kv, w, d)
             if i == final:
                 q = q.view(nb, n_kv, group, dim).to(self.cache_dtype)
                 scores = torch.matmul(q, keys).mul_(self.scaling).add_(last_bias)
