@@ -49,6 +49,7 @@ ABLATIONS = {
     "layer-0 q/k/v by GEMM, no token table": ("TABLE_MAX_VOCAB", 0),
     "decode values by batched matmul, not embedding_bag": ("VALUE_SUMS_BY_ROWS", False),
     "prefill passes of 2,048 tokens": ("PREFILL_TOKENS_PER_PASS", 2048),
+    "no common prefix cached once (each row caches its whole prompt)": ("MIN_COMMON_PREFIX", 10**9),
 }
 VARIANTS = {"kv as shipped": None, **ABLATIONS}
 # timed calls per variant process in --ablations, after one warm-up call
@@ -255,6 +256,13 @@ def main(argv: list[str] | None = None) -> None:
         help="maze: 9x9 training mazes (their prefixes overlap, as real prompts' do); random: "
         "uniform random tokens of the same length (no shared prefixes)",
     )
+    parser.add_argument(
+        "--shared-prefix",
+        type=int,
+        default=0,
+        help="prepend the same N random tokens to every prompt (a system prompt or few-shot "
+        "block all prompts share)",
+    )
     parser.add_argument("--skip-hf", action="store_true", help="time only the kv sampler")
     parser.add_argument(
         "--tune-malloc",
@@ -301,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     groups = maze_prompts(count, 9, seed=1)
     if args.prompts == "random":
         groups = random_prompts(count, len(groups[0]), model.config.vocab_size, seed=1)
-    prompts = [p for p in groups for _ in range(args.rollouts_per_prompt)]
+    shared = random_prompts(1, args.shared_prefix, model.config.vocab_size, seed=2)[0]
+    prompts = [shared + p for p in groups for _ in range(args.rollouts_per_prompt)]
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=1.0)
     backends = {"kv": make_sampler("kv")}
     if not args.skip_hf:

@@ -319,6 +319,64 @@ def test_prefix_shared_prefill_is_exact(name, tokens_per_pass, monkeypatch):
     check_rollouts(m, many, r, params)
 
 
+def common_prefix_prompts() -> list[list[int]]:
+    """Distinct prompts behind one 9-token prefix (a system prompt, say): suffixes of
+    different lengths (so the prefix sits in different cache columns), one containing the pad
+    id, a prompt that is the prefix alone, a repeat, and suffixes that share more."""
+    system = [5, 6, 7, 8, 9, 10, 11, 12, 13]
+    suffixes = [[14, 15], [16], [], [14, 15, 17, 18, 19], [PAD, 20], [14, 15], [21, 22, 23]]
+    return [system + s for s in suffixes]
+
+
+@pytest.mark.parametrize("name", ["qwen2_small", "qwen2_wide", "llama"])
+@pytest.mark.parametrize("compact_below", [0.0, 0.75])
+def test_common_prefix_cached_once_is_exact(name, compact_below, monkeypatch):
+    """The prefix all of a stream's distinct prompts share is cached once and read by one
+    GEMM per kv head; the rollouts still match a full forward pass."""
+    m = model(name)
+    p = common_prefix_prompts()
+    params = SamplingParams(max_new_tokens=8, temperature=0.9, stop_token_ids=(3, 4))
+    for tokens_per_pass in (1, 2048):
+        monkeypatch.setattr(kv_module, "PREFILL_TOKENS_PER_PASS", tokens_per_pass)
+        for workers in (1, 2):
+            sampler = KVCacheSampler(workers=workers, compact_below=compact_below)
+            r = sampler.generate(
+                m, p, params, pad_token_id=PAD, generator=torch.Generator().manual_seed(4)
+            )
+            check_rollouts(m, p, r, params)
+    # one distinct prompt, too few repeats for shared mode: the whole prompt is the prefix
+    one = [p[0]] * 3
+    r = KVCacheSampler(workers=1).generate(
+        m, one, params, pad_token_id=PAD, generator=torch.Generator().manual_seed(5)
+    )
+    check_rollouts(m, one, r, params)
+
+
+@pytest.mark.parametrize("by_rows", [True, False])
+def test_common_prefix_attention_equals_per_row_cache(by_rows, monkeypatch):
+    """Step by step, with rows dropped, the logits with the common prefix cached once equal
+    those with every row caching its whole prompt."""
+    m = model("qwen2_wide")
+    ids, lengths = left_pad(common_prefix_prompts(), PAD, torch.device("cpu"))
+    logits = {}
+    with torch.no_grad():
+        for least in (1, 10**9):
+            monkeypatch.setattr(kv_module, "MIN_COMMON_PREFIX", least)
+            runner = kv_module._DecoderRunner(m, 6)
+            runner.by_rows = by_rows
+            tokens = torch.tensor([4, 7, 1, 9, 12, 3, 8])
+            out = [runner.prefill(ids, lengths)]
+            assert runner.prefix == (9 if least == 1 else 0)
+            for step in range(5):
+                if step == 2:
+                    runner.select(torch.tensor([0, 2, 3, 6]))
+                    tokens = tokens[[0, 2, 3, 6]]
+                out.append(runner.step(tokens))
+            logits[least] = out
+    for a, b in zip(logits[1], logits[10**9]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["qwen2_small", "llama"])
 @pytest.mark.parametrize("compact_below", [0.0, 0.75])
 def test_shared_prompt_cache_is_exact(name, compact_below):

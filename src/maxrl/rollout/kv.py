@@ -50,6 +50,11 @@ TABLE_MAX_VOCAB = 4096
 # batched matmul, as on other devices); ``benchmarks/rollout.py --ablations`` compares them
 VALUE_SUMS_BY_ROWS = True
 
+# a prefix of at least this many tokens that all of a stream's distinct prompts share (a chat
+# template and system prompt, few-shot examples, a maze's border) is cached once for all its
+# rows, and decode attention reads it with one GEMM per kv head instead of once per row
+MIN_COMMON_PREFIX = 8
+
 
 def supports_fast_path(model) -> bool:
     """Whether ``_DecoderRunner`` reproduces this model's forward pass."""
@@ -101,6 +106,7 @@ class _PrefixPass:
     copy_dst_cols: torch.Tensor
     copy_src_rows: torch.Tensor  # (m,) the prompt that computed it
     copy_cols: torch.Tensor  # (m,) its column there
+    copy_positions: torch.Tensor  # (m,) the copied positions
 
 
 class _PrefixPlan:
@@ -132,6 +138,11 @@ class _PrefixPlan:
             self.starts.append(start)
             self.owners.append(owner)
             previous = p
+
+    def common_prefix(self) -> int:
+        """Length of the prefix all the distinct prompts share (sorted, the least of the
+        neighbours' common prefixes)."""
+        return min(self.starts[1:]) if self.count > 1 else len(self.prompts[0])
 
     def computed_tokens(self) -> int:
         """Prompt positions the prefill computes (the size of the prompt trie)."""
@@ -178,6 +189,7 @@ class _PrefixPlan:
             copy_dst_cols=tensor(copy_cols + pad_of[copy_rows]),
             copy_src_rows=tensor(copy_src),
             copy_cols=tensor(copy_cols + pad_of[copy_src]),
+            copy_positions=tensor(copy_cols),
         )
 
 
@@ -284,7 +296,10 @@ class _DecoderRunner:
         ``MIN_ROWS_PER_SHARED_PROMPT`` times on average, its keys and values are also kept
         once ("shared" mode): decode attention then reads the prompt part with one GEMM per
         prompt instead of once per row, and only the generated part is cached per row.
-        Otherwise each row gets its own copy of its prompt's cache.
+        Otherwise each row gets its own copy of its prompt's cache, less the prefix all the
+        prompts share when it has at least ``MIN_COMMON_PREFIX`` tokens: that is cached once
+        (``prefix_keys``/``prefix_values``, positions ``0 ... prefix - 1``), and each row's
+        cache holds its left padding, the rest of its prompt and its generated tokens.
         """
         batch, width = ids.shape
         self.positions = prompt_lengths.clone()
@@ -292,6 +307,7 @@ class _DecoderRunner:
         plan = _PrefixPlan(ids, prompt_lengths)
         inverse = plan.inverse.to(self.device)
         self.shared = batch >= MIN_ROWS_PER_SHARED_PROMPT * plan.count
+        self.prefix = 0
         # the passes write each distinct prompt's keys and values straight into the cache
         # row that decodes it first (``row_of``); repeats are copied from it afterwards
         if self.shared:
@@ -305,17 +321,22 @@ class _DecoderRunner:
             target_k, target_v = self.prompt_keys, self.prompt_values
             row_of = torch.arange(plan.count, device=self.device)
         else:
-            self.keys, self.values = self._buffers(batch, width + self.max_new_tokens - 1)
-            self.filled = width
-            if self.padded:
-                self.key_bias = self._pad_bias(width - prompt_lengths, self.keys[0].shape[2])
+            common = plan.common_prefix()
+            self.prefix = common if common >= MIN_COMMON_PREFIX else 0
+            self.prefix_keys, self.prefix_values = self._buffers(1, self.prefix)
+            per_row = width - self.prefix + self.max_new_tokens - 1
+            self.keys, self.values = self._buffers(batch, per_row)
+            self.filled = width - self.prefix
+            if self.padded:  # (the shared prefix's columns come first in the scores)
+                bias = self._pad_bias(width - prompt_lengths, per_row)
+                self.key_bias = F.pad(bias, (self.prefix, 0))
             target_k, target_v = self.keys, self.values
             rows = torch.arange(batch, device=self.device)
             row_of = torch.full((plan.count,), batch, device=self.device)
             row_of = row_of.scatter_reduce_(0, inverse, rows, "amin")
         if self.padded:  # padding columns are masked, but must hold finite values
             for buffer in (*target_k, *target_v):
-                buffer[:, :, :width].zero_()
+                buffer[:, :, : width - self.prefix].zero_()
         logits = torch.cat(
             [self._prefill_pass(part, width, target_k, target_v, row_of) for part in plan.passes()]
         )
@@ -323,8 +344,9 @@ class _DecoderRunner:
             repeats = (row_of[inverse] != rows).nonzero()[:, 0]
             if len(repeats):
                 sources = row_of[inverse[repeats]]
+                prompt = width - self.prefix
                 for buffer in (*self.keys, *self.values):
-                    buffer[repeats, :, :width] = buffer[sources, :, :width]
+                    buffer[repeats, :, :prompt] = buffer[sources, :, :prompt]
         return logits[inverse]
 
     def _set_members(self) -> None:
@@ -339,7 +361,8 @@ class _DecoderRunner:
         """Run the prompts ``part.first ... part.stop - 1`` through the model at the positions
         they own, fill all their keys and values in the caches ``target_k``/``target_v``
         (``(rows, kv_heads, time, head_dim)``; prompt ``u`` in row ``row_of[u]``; positions
-        owned by earlier prompts are copied), and return their last logits."""
+        owned by earlier prompts are copied) and, for the first ``self.prefix`` positions,
+        in the shared prefix cache; return their last logits."""
         dev = self.device
         nb, n_kv, dim = part.stop - part.first, self.n_kv, self.head_dim
         group = self.n_heads // n_kv
@@ -347,16 +370,41 @@ class _DecoderRunner:
         first_row = int(rows[0])
         # the block's cache rows as a slice when they are consecutive (no repeated prompt)
         block = slice(first_row, first_row + nb) if int(rows[-1]) - first_row == nb - 1 else rows
-        own = (row_of[part.own_rows.to(dev)], part.own_cols.to(dev))
-        copy_dst = (row_of[part.copy_rows.to(dev)], part.copy_dst_cols.to(dev))
-        copy_src = (row_of[part.copy_src_rows.to(dev)], part.copy_cols.to(dev))
+        prefix = self.prefix
+        # own positions before ``prefix`` go to the shared prefix cache (only the first
+        # prompt owns any); the others (``rest``: all when None) to their row's cache,
+        # ``prefix`` columns to the left
+        own_rows, own_cols = part.own_rows.to(dev), part.own_cols.to(dev) - prefix
+        in_prefix = part.positions < prefix
+        rest = None
+        if in_prefix.any():
+            prefix_at = in_prefix.nonzero()[:, 0].to(dev)
+            prefix_positions = part.positions.to(dev)[prefix_at]
+            rest = (~in_prefix).nonzero()[:, 0].to(dev)
+            own_rows, own_cols = own_rows[rest], own_cols[rest]
+        own = (row_of[own_rows], own_cols)
+        kept = part.copy_positions >= prefix  # copies within the shared prefix are moot
+        copy_dst = (row_of[part.copy_rows[kept].to(dev)], part.copy_dst_cols[kept].to(dev) - prefix)
+        copy_src = (row_of[part.copy_src_rows[kept].to(dev)], part.copy_cols[kept].to(dev) - prefix)
         slot = ((part.own_rows - part.first).to(dev), part.slots.to(dev))
         last = part.last.to(dev)
-        cols = torch.arange(width, device=dev)
         pads = part.pads.to(dev)
-        # a query sees the keys from its prompt's first real token up to its own column
-        query_cols = (part.starts.to(dev) + pads)[:, None] + torch.arange(part.max_own, device=dev)
-        visible = (cols >= pads[:, None, None]) & (cols <= query_cols[:, :, None])
+        # a query sees the real keys at positions up to its own: the shared prefix's columns
+        # (positions 0 ... prefix - 1), then its row's (column c holds position
+        # c - pad + prefix from its first real token on)
+        query_positions = part.starts.to(dev)[:, None] + torch.arange(part.max_own, device=dev)
+        cols = torch.arange(width - prefix, device=dev)
+        key_positions = torch.cat(
+            [
+                torch.arange(prefix, device=dev).expand(nb, prefix),
+                cols - pads[:, None] + prefix,
+            ],
+            dim=1,
+        )
+        real = torch.cat(
+            [torch.ones((nb, prefix), dtype=torch.bool, device=dev), cols >= pads[:, None]], dim=1
+        )
+        visible = real[:, None] & (key_positions[:, None] <= query_positions[:, :, None])
         bias = torch.zeros(visible.shape, dtype=self.cache_dtype, device=dev)
         bias = bias.masked_fill_(~visible, float("-inf"))[:, None, None]  # (nb, 1, 1, q, width)
         last_bias = bias[:, :, :, -1]  # the last query column sees the whole prompt
@@ -385,13 +433,25 @@ class _DecoderRunner:
                 q, k = self.apply_rope(q, k, cos, sin)
             # (rows, time, kv_heads, dim) views: a (row, column) index moves whole positions
             by_col_k, by_col_v = cache_k.transpose(1, 2), cache_v.transpose(1, 2)
-            by_col_k.index_put_(own, k[0].transpose(0, 1).to(self.cache_dtype))
-            by_col_v.index_put_(own, v.view(n, n_kv, dim).to(self.cache_dtype))
+            k_by_token = k[0].transpose(0, 1).to(self.cache_dtype)  # (n, kv, dim)
+            v_by_token = v.view(n, n_kv, dim).to(self.cache_dtype)
+            if rest is not None:
+                shared_k, shared_v = self.prefix_keys[i][0], self.prefix_values[i][0]
+                shared_k[:, prefix_positions] = k_by_token[prefix_at].transpose(0, 1)
+                shared_v[:, prefix_positions] = v_by_token[prefix_at].transpose(0, 1)
+                k_by_token, v_by_token = k_by_token[rest], v_by_token[rest]
+            by_col_k.index_put_(own, k_by_token)
+            by_col_v.index_put_(own, v_by_token)
             if len(copy_dst[0]):
                 by_col_k.index_put_(copy_dst, by_col_k[copy_src])
                 by_col_v.index_put_(copy_dst, by_col_v[copy_src])
-            keys = cache_k[block, :, :width].transpose(-1, -2)  # (nb, kv, d, w)
-            values = cache_v[block, :, :width]  # (nb, kv, w, d)
+            keys = cache_k[block, :, : width - prefix]  # (nb, kv, w, d)
+            values = cache_v[block, :, : width - prefix]
+            if prefix:
+                shape = (nb, n_kv, prefix, dim)
+                keys = torch.cat([self.prefix_keys[i].expand(shape), keys], dim=2)
+                values = torch.cat([self.prefix_values[i].expand(shape), values], dim=2)
+            keys = keys.transpose(-1, -2)  # (nb, kv, d, w)
             if i == final:
                 q = q.view(nb, n_kv, group, dim).to(self.cache_dtype)
                 scores = torch.matmul(q, keys).mul_(self.scaling).add_(last_bias)
@@ -448,24 +508,38 @@ class _DecoderRunner:
 
         Grouped-query attention without repeating K/V: one small GEMM per (row, kv head) for
         the scores; on CPU the output is one ``embedding_bag`` over the value rows, elsewhere a
-        batched matmul."""
+        batched matmul. A prefix shared by all rows (``self.prefix`` positions) is one GEMM
+        per kv head over all the rows' queries, for the scores and for the output; one
+        softmax spans both parts."""
         batch, n_kv, group, dim = q.shape
         end = self.filled + 1
+        prefix = self.prefix
         values = self.values[i]
         scores = torch.matmul(self.keys[i][:, :, :end], q.transpose(-1, -2)).transpose(-1, -2)
+        if prefix:
+            by_head = q.transpose(0, 1).reshape(n_kv, batch * group, dim)
+            shared = torch.matmul(by_head, self.prefix_keys[i][0].transpose(-1, -2))
+            shared = shared.view(n_kv, batch, group, prefix).transpose(0, 1)
+            scores = torch.cat([shared, scores], dim=-1)
         scores.mul_(self.scaling)
         if self.padded:
-            scores.add_(self.key_bias[..., :end])
+            scores.add_(self.key_bias[..., : prefix + end])
         weights = scores.softmax(dim=-1)
+        own_weights = weights[..., prefix:]
         if self.by_rows:
             out = F.embedding_bag(
                 self._value_rows,
                 values.view(-1, dim),
-                per_sample_weights=weights.reshape(-1, end),
+                per_sample_weights=own_weights.reshape(-1, end),
                 mode="sum",
-            )
-            return out.view(batch, n_kv, group, dim)
-        return torch.matmul(weights, values[:, :, :end])
+            ).view(batch, n_kv, group, dim)
+        else:
+            out = torch.matmul(own_weights, values[:, :, :end])
+        if prefix:
+            shared = weights[..., :prefix].transpose(0, 1).reshape(n_kv, batch * group, prefix)
+            shared = torch.matmul(shared, self.prefix_values[i][0])  # (kv, rows * group, dim)
+            out += shared.view(n_kv, batch, group, dim).transpose(0, 1)
+        return out
 
     def _shared_attention(self, i: int, q: torch.Tensor) -> torch.Tensor:
         """Attention over a shared prompt cache plus each row's generated tokens.
