@@ -352,27 +352,34 @@ def test_common_prefix_cached_once_is_exact(name, compact_below, monkeypatch):
     check_rollouts(m, one, r, params)
 
 
+def runner_logits(m, prompt_ids, by_rows: bool, drop_at: int, keep: list[int]):
+    """Logits of a ``_DecoderRunner`` over the prompts' prefill and 5 decode steps, keeping
+    only rows ``keep`` from step ``drop_at`` on; and the runner."""
+    ids, lengths = left_pad(prompt_ids, PAD, torch.device("cpu"))
+    runner = kv_module._DecoderRunner(m, 6)
+    runner.by_rows = by_rows
+    tokens = torch.arange(len(prompt_ids)) * 5 % (VOCAB - 1) + 1
+    with torch.no_grad():
+        out = [runner.prefill(ids, lengths)]
+        for step in range(5):
+            if step == drop_at:
+                runner.select(torch.tensor(keep))
+                tokens = tokens[keep]
+            out.append(runner.step(tokens))
+    return out, runner
+
+
 @pytest.mark.parametrize("by_rows", [True, False])
 def test_common_prefix_attention_equals_per_row_cache(by_rows, monkeypatch):
     """Step by step, with rows dropped, the logits with the common prefix cached once equal
     those with every row caching its whole prompt."""
     m = model("qwen2_wide")
-    ids, lengths = left_pad(common_prefix_prompts(), PAD, torch.device("cpu"))
     logits = {}
-    with torch.no_grad():
-        for least in (1, 10**9):
-            monkeypatch.setattr(kv_module, "MIN_COMMON_PREFIX", least)
-            runner = kv_module._DecoderRunner(m, 6)
-            runner.by_rows = by_rows
-            tokens = torch.tensor([4, 7, 1, 9, 12, 3, 8])
-            out = [runner.prefill(ids, lengths)]
-            assert runner.prefix == (9 if least == 1 else 0)
-            for step in range(5):
-                if step == 2:
-                    runner.select(torch.tensor([0, 2, 3, 6]))
-                    tokens = tokens[[0, 2, 3, 6]]
-                out.append(runner.step(tokens))
-            logits[least] = out
+    for least in (1, 10**9):
+        monkeypatch.setattr(kv_module, "MIN_COMMON_PREFIX", least)
+        logits[least], runner = runner_logits(m, common_prefix_prompts(), by_rows, 2, [0, 2, 3, 6])
+        assert runner.prefix == (9 if least == 1 else 0)
+    assert [x.shape[0] for x in logits[1]] == [7, 7, 7, 4, 4, 4]
     for a, b in zip(logits[1], logits[10**9]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
@@ -427,20 +434,9 @@ def test_decode_attention_by_rows_equals_matmul(name):
     """The CPU decode attention (values summed by ``embedding_bag``) and the matmul one used
     on other devices give the same logits, with left padding and dropped rows."""
     m = model(name)
-    ids, lengths = left_pad(prompts(6, seed=5), PAD, torch.device("cpu"))
     logits = {}
-    with torch.no_grad():
-        for by_rows in (True, False):
-            runner = kv_module._DecoderRunner(m, 6)
-            runner.by_rows = by_rows
-            tokens = torch.tensor([4, 7, 1, 9, 12, 3])
-            out = [runner.prefill(ids, lengths)]
-            for step in range(5):
-                if step == 3:
-                    runner.select(torch.tensor([0, 2, 3, 5]))
-                    tokens = tokens[[0, 2, 3, 5]]
-                out.append(runner.step(tokens))
-            logits[by_rows] = out
+    for by_rows in (True, False):
+        logits[by_rows], _ = runner_logits(m, prompts(6, seed=5), by_rows, 3, [0, 2, 3, 5])
     assert [x.shape[0] for x in logits[True]] == [6, 6, 6, 6, 4, 4]
     for a, b in zip(logits[True], logits[False]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
