@@ -567,11 +567,12 @@ def test_first_token_frequencies_match_the_model(temperature, top_k, top_p):
 # --- bf16 ------------------------------------------------------------------------------------
 
 
-def test_bf16_model_logprobs_close_to_its_full_forward():
+@pytest.mark.parametrize("prompt_set", ["varied", "common-prefix"])
+def test_bf16_model_logprobs_close_to_its_full_forward(prompt_set):
     m = MODELS["qwen2_small"]().to(torch.bfloat16)
-    p = prompts(6)
+    p = prompts(6) if prompt_set == "varied" else common_prefix_prompts()
     params = SamplingParams(max_new_tokens=8, stop_token_ids=(3,))
-    r = KVCacheSampler().generate(
+    r = KVCacheSampler(workers=1).generate(
         m, p, params, pad_token_id=PAD, generator=torch.Generator().manual_seed(0)
     )
     reference = full_forward_logits(m, p, r)
