@@ -235,6 +235,24 @@ class _Projections:
         return self._gemm(i, self.norms[i](h), cols)
 
 
+def _one_cache_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Scores of queries ``q`` (rows, kv_heads, group, dim) against one cache's ``keys``
+    (kv_heads, time, dim) that all the rows read: one GEMM per kv head over all their
+    queries. Returns (rows, kv_heads, group, time)."""
+    rows, n_kv, group, dim = q.shape
+    scores = torch.matmul(q.transpose(0, 1).reshape(n_kv, rows * group, dim), keys.mT)
+    return scores.view(n_kv, rows, group, -1).transpose(0, 1)
+
+
+def _one_cache_output(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Attention output of ``weights`` (rows, kv_heads, group, time) over one cache's
+    ``values`` (kv_heads, time, dim): one GEMM per kv head. Returns (rows, kv_heads, group,
+    dim)."""
+    rows, n_kv, group, time = weights.shape
+    out = torch.matmul(weights.transpose(0, 1).reshape(n_kv, rows * group, time), values)
+    return out.view(n_kv, rows, group, -1).transpose(0, 1)
+
+
 class _DecoderRunner:
     """Qwen2/Llama decoder stack over preallocated K/V buffers, using the model's own modules.
 
@@ -517,9 +535,7 @@ class _DecoderRunner:
         values = self.values[i]
         scores = torch.matmul(self.keys[i][:, :, :end], q.transpose(-1, -2)).transpose(-1, -2)
         if prefix:
-            by_head = q.transpose(0, 1).reshape(n_kv, batch * group, dim)
-            shared = torch.matmul(by_head, self.prefix_keys[i][0].transpose(-1, -2))
-            shared = shared.view(n_kv, batch, group, prefix).transpose(0, 1)
+            shared = _one_cache_scores(q, self.prefix_keys[i][0])
             scores = torch.cat([shared, scores], dim=-1)
         scores.mul_(self.scaling)
         if self.padded:
@@ -536,9 +552,7 @@ class _DecoderRunner:
         else:
             out = torch.matmul(own_weights, values[:, :, :end])
         if prefix:
-            shared = weights[..., :prefix].transpose(0, 1).reshape(n_kv, batch * group, prefix)
-            shared = torch.matmul(shared, self.prefix_values[i][0])  # (kv, rows * group, dim)
-            out += shared.view(n_kv, batch, group, dim).transpose(0, 1)
+            out += _one_cache_output(weights[..., :prefix], self.prefix_values[i][0])
         return out
 
     def _shared_attention(self, i: int, q: torch.Tensor) -> torch.Tensor:
@@ -554,20 +568,15 @@ class _DecoderRunner:
         width = prompt_k.shape[2]
         own = torch.matmul(q, self.keys[i][:, :, :end].transpose(-1, -2))
         prompt = torch.empty((batch, n_kv, group, width), dtype=q.dtype, device=q.device)
-        for u, rows in self.members:
-            # all queries of one prompt's rows against its keys: one GEMM per kv head
-            qu = q[rows].transpose(0, 1).reshape(n_kv, len(rows) * group, dim)
-            su = torch.matmul(qu, prompt_k[u].transpose(-1, -2))
-            prompt.index_copy_(0, rows, su.view(n_kv, len(rows), group, width).transpose(0, 1))
+        for u, rows in self.members:  # all queries of one prompt's rows against its keys
+            prompt.index_copy_(0, rows, _one_cache_scores(q[rows], prompt_k[u]))
         scores = torch.cat([prompt, own], dim=-1).mul_(self.scaling)
         if self.padded:
             scores[..., :width] += self.row_bias
         weights = scores.softmax(dim=-1)
         out = torch.matmul(weights[..., width:], self.values[i][:, :, :end])
         for u, rows in self.members:
-            wu = weights[rows, ..., :width].transpose(0, 1).reshape(n_kv, len(rows) * group, width)
-            ou = torch.matmul(wu, prompt_v[u])  # (kv, rows * group, dim)
-            out.index_add_(0, rows, ou.view(n_kv, len(rows), group, dim).transpose(0, 1))
+            out.index_add_(0, rows, _one_cache_output(weights[rows, ..., :width], prompt_v[u]))
         return out
 
     def select(self, index: torch.Tensor) -> None:
