@@ -178,6 +178,14 @@ def profile(model, prompts, params) -> None:
     print(f"  without the profiler, the prefill alone (max_new_tokens=1) takes {prefill:.2f} s")
 
 
+def in_fresh_process(args: list[str], key: str) -> str:
+    """Run this script in a fresh interpreter with ``args``; return what it printed after
+    ``key=``."""
+    command = [sys.executable, os.path.abspath(__file__), *args]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return result.stdout.split(f"{key}=")[-1].strip()
+
+
 def ablations(script_args: list[str], repeats: int) -> None:
     """The kv sampler as shipped and with each of ``ABLATIONS`` undone: each variant runs in
     a fresh process per round (allocator state is process-wide, so variants sharing one
@@ -187,9 +195,8 @@ def ablations(script_args: list[str], repeats: int) -> None:
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(repeats):
         for index, name in enumerate(VARIANTS):
-            command = [sys.executable, os.path.abspath(__file__), *rest, "--variant", str(index)]
-            result = subprocess.run(command, capture_output=True, text=True, check=True)
-            times[name].append(float(result.stdout.split("variant_seconds=")[-1]))
+            seconds = in_fresh_process([*rest, "--variant", str(index)], "variant_seconds")
+            times[name].append(float(seconds))
     shipped = statistics.median(times["kv as shipped"])
     for name, runs in times.items():
         median = statistics.median(runs)
@@ -202,9 +209,8 @@ def memory(script_args: list[str], backends: list[str]) -> None:
     process's peak resident set after the call less its peak before it)."""
     rest = [a for a in script_args if a != "--memory"]
     for name in backends:
-        command = [sys.executable, os.path.abspath(__file__), *rest, "--memory-of", name]
-        result = subprocess.run(command, capture_output=True, text=True, check=True)
-        before, after = map(float, result.stdout.split("peak_rss_mib=")[-1].split(","))
+        peaks = in_fresh_process([*rest, "--memory-of", name], "peak_rss_mib")
+        before, after = map(float, peaks.split(","))
         print(
             f"{name}: peak resident memory {before:,.0f} MiB before the call, "
             f"{after:,.0f} MiB after: {after - before:,.0f} MiB added"
