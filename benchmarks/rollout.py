@@ -13,6 +13,11 @@ needs: every decoded token, and the prefill of each distinct prompt prefix once.
 Run: ``python benchmarks/rollout.py [--dtype bf16] [--batch-size 512] [--repeats 3]``. The last
 line is ``speedup_vs_hf_generate=<ratio>``.
 
+``--device cuda`` runs both backends on a GPU (the peak is then an 8192^3 GEMM on it, and
+``--memory`` reports the peak GPU memory a call adds). ``--model qwen2.5-0.5b`` swaps the maze
+model for a randomly initialised model of Qwen2.5-0.5B's shape (24 layers, hidden 896, 14
+heads, 2 KV heads, vocabulary 151,936): the size of the smallest real language models.
+
 ``--tune-malloc`` reruns the process with glibc's allocator told to keep freed memory
 (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``), so large tensors reuse pages instead
 of faulting in fresh ones; both backends run under it. ``--ablations`` times the kv sampler
@@ -40,6 +45,19 @@ from maxrl.rollout import SamplingParams, make_sampler
 from maxrl.tasks.maze import MazeTask
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# build_model overrides: the maze preset as is, or a real language model's shape
+MODEL_SHAPES = {
+    "paper": {},
+    "qwen2.5-0.5b": dict(
+        vocab_size=151_936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+    ),
+}
 
 # glibc reads these at process start: keep freed memory for reuse rather than unmapping it
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
@@ -69,14 +87,25 @@ def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[
     return torch.randint(1, vocab, (count, length), generator=g).tolist()
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` FLOP/s of one n x n x n GEMM (the machine's practical peak)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
+    """Best-of-``repeats`` FLOP/s of one n x n x n GEMM (the machine's practical peak): n is
+    2048 on CPU, 8192 on a GPU."""
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 
@@ -204,25 +233,35 @@ def ablations(script_args: list[str], repeats: int) -> None:
         print(f"{name}: median {median:.2f} s (rounds [{runs_text}] s); {median / shipped:.3f}x")
 
 
-def memory(script_args: list[str], backends: list[str]) -> None:
-    """Peak resident memory one call of each backend adds, each in a fresh process (the
-    process's peak resident set after the call less its peak before it)."""
+def memory(script_args: list[str], backends: list[str], device: str) -> None:
+    """Peak memory one call of each backend adds, each in a fresh process (the process's
+    peak resident set, or on a GPU its peak allocated GPU memory, after the call less its
+    peak before it)."""
     rest = [a for a in script_args if a != "--memory"]
+    kind = "resident memory" if device == "cpu" else "GPU memory allocated"
     for name in backends:
         peaks = in_fresh_process([*rest, "--memory-of", name], "peak_rss_mib")
         before, after = map(float, peaks.split(","))
         print(
-            f"{name}: peak resident memory {before:,.0f} MiB before the call, "
+            f"{name}: peak {kind} {before:,.0f} MiB before the call, "
             f"{after:,.0f} MiB after: {after - before:,.0f} MiB added"
         )
 
 
 def run_memory(sampler, model, prompts, params) -> None:
-    """One process's share of ``memory``."""
+    """One process's share of ``memory``: peak resident memory on CPU, peak GPU memory
+    allocated by torch on a GPU."""
+    device = next(model.parameters()).device
     sampler.generate(model, prompts[:8], params, pad_token_id=0)  # lazy imports, small buffers
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    sampler.generate(model, prompts, params, pad_token_id=0)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.max_memory_allocated(device) / 2**20
+        sampler.generate(model, prompts, params, pad_token_id=0)
+        after = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        sampler.generate(model, prompts, params, pad_token_id=0)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak_rss_mib={before},{after}")
 
 
@@ -246,6 +285,13 @@ def run_variant(index: int, model, prompts, params) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU")
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODEL_SHAPES),
+        default="paper",
+        help="paper: the maze model; qwen2.5-0.5b: a random model of that language model's shape",
+    )
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -297,12 +343,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch_size % args.rollouts_per_prompt:
         parser.error("--batch-size must be a multiple of --rollouts-per-prompt")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no GPU here (torch.cuda.is_available() is False)")
+    if device.type != "cpu" and (args.profile or args.tune_malloc):
+        parser.error("--profile and --tune-malloc measure the CPU sampler; use --device cpu")
     script_args = sys.argv[1:] if argv is None else list(argv)
     if args.ablations:
         ablations(script_args, args.repeats)
         return
     if args.memory:
-        memory(script_args, ["kv"] if args.skip_hf else ["kv", "hf"])
+        memory(script_args, ["kv"] if args.skip_hf else ["kv", "hf"], device.type)
         return
     tuned = all(os.environ.get(k) == v for k, v in MALLOC_TUNING.items())
     if args.tune_malloc and not tuned:
@@ -310,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *script_args], env)
 
     dtype = DTYPES[args.dtype]
-    model = build_model("paper", seed=0).to(dtype).eval()
+    model = build_model("paper", seed=0, **MODEL_SHAPES[args.model]).to(device, dtype).eval()
     count = args.batch_size // args.rollouts_per_prompt
     groups = maze_prompts(count, 9, seed=1)
     if args.prompts == "random":
@@ -332,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         run_variant(args.variant, model, prompts, params)
         return
     load_before = os.getloadavg()[0]
-    peak = matmul_peak(dtype)
+    peak = matmul_peak(dtype, device)
     decode_flops, prefill_flops = model_flops(model, len(prompts[0]), args.new_tokens)
     generated = args.batch_size * args.new_tokens
     unique = len(set(map(tuple, prompts)))
@@ -340,7 +391,12 @@ def main(argv: list[str] | None = None) -> None:
     # needs each distinct prefix (node of the prompt trie) computed once
     trie = len({tuple(p[: j + 1]) for p in prompts for j in range(len(p))})
     needed_flops = generated * decode_flops + prefill_flops * trie / len(prompts[0])
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, dtype {args.dtype}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"torch {torch.__version__}, {where}, threads {torch.get_num_threads()}, "
+        f"dtype {args.dtype}, model {args.model} ({sum(p.numel() for p in model.parameters()):,} "
+        "parameters)"
+    )
     print(
         "glibc malloc: "
         + (" ".join(f"{k}={v}" for k, v in MALLOC_TUNING.items()) if tuned else "default settings")
@@ -363,14 +419,17 @@ def main(argv: list[str] | None = None) -> None:
     for repeat in range(args.repeats):
         for name, sampler in backends.items():
             g = torch.Generator().manual_seed(repeat)
+            synchronize(device)
             start = time.perf_counter()
             out = sampler.generate(model, prompts, params, pad_token_id=0, generator=g)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
             assert int(out.lengths.min()) == args.new_tokens
 
     # the GEMM peak is measured again afterwards; the better figure is the less contended one
-    peak = max(peak, matmul_peak(dtype))
-    print(f"matmul peak ({args.dtype}, best 2048^3 GEMM): {peak / 1e9:.1f} GFLOP/s")
+    peak = max(peak, matmul_peak(dtype, device))
+    n = 2048 if device.type == "cpu" else 8192
+    print(f"matmul peak ({args.dtype}, best {n}^3 GEMM): {peak / 1e9:,.1f} GFLOP/s")
     print(f"load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     medians = {}
     for name, runs in times.items():

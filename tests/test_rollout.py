@@ -3,9 +3,14 @@
 The reference for every log-probability is one full forward pass of the model over the
 left-padded (prompt + rollout) sequences: ``log_softmax(logits / temperature)`` at the sampled
 positions. fp32 models must agree with it to 1e-5.
+
+The models live on ``MAXRL_TEST_DEVICE`` (default ``cpu``): ``MAXRL_TEST_DEVICE=cuda pytest
+tests/test_rollout.py`` runs the same checks on a GPU (``benchmarks/gpu_check.sh`` does).
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -32,12 +37,13 @@ from maxrl.rollout.kv import _common_prefix, _PrefixPlan, _split_by_work, suppor
 PAD = 0
 VOCAB = 24
 ATOL = 1e-5
+DEVICE = torch.device(os.environ.get("MAXRL_TEST_DEVICE", "cpu"))
 
 
 def _build(factory, config):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return factory(config).eval()
+        return factory(config).eval().to(DEVICE)
 
 
 MODELS = {
@@ -128,8 +134,9 @@ def full_forward_logits(m, prompt_ids, rollouts: Rollouts) -> list[torch.Tensor]
         ids[i, width - len(s) :] = torch.tensor(s)
         mask[i, width - len(s) :] = 1
     positions = (mask.cumsum(1) - 1).clamp(min=0)
+    ids, mask, positions = ids.to(DEVICE), mask.to(DEVICE), positions.to(DEVICE)
     with torch.no_grad():
-        logits = m(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
+        logits = m(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float().cpu()
     out = []
     for i, (p, s) in enumerate(zip(prompt_ids, seqs)):
         first = width - len(s) + len(p) - 1
@@ -355,18 +362,18 @@ def test_common_prefix_cached_once_is_exact(name, compact_below, monkeypatch):
 def runner_logits(m, prompt_ids, by_rows: bool, drop_at: int, keep: list[int]):
     """Logits of a ``_DecoderRunner`` over the prompts' prefill and 5 decode steps, keeping
     only rows ``keep`` from step ``drop_at`` on; and the runner."""
-    ids, lengths = left_pad(prompt_ids, PAD, torch.device("cpu"))
+    ids, lengths = left_pad(prompt_ids, PAD, DEVICE)
     runner = kv_module._DecoderRunner(m, 6)
     runner.by_rows = by_rows
-    tokens = torch.arange(len(prompt_ids)) * 5 % (VOCAB - 1) + 1
+    tokens = torch.arange(len(prompt_ids), device=DEVICE) * 5 % (VOCAB - 1) + 1
     with torch.no_grad():
         out = [runner.prefill(ids, lengths)]
         for step in range(5):
             if step == drop_at:
-                runner.select(torch.tensor(keep))
+                runner.select(torch.tensor(keep, device=DEVICE))
                 tokens = tokens[keep]
             out.append(runner.step(tokens))
-    return out, runner
+    return [x.cpu() for x in out], runner
 
 
 @pytest.mark.parametrize("by_rows", [True, False])
@@ -406,7 +413,7 @@ def test_layer0_table_rows_equal_the_projections(name):
     m = model(name)
     fused = kv_module._Projections(m)
     assert fused.table is not None and fused.table.shape[0] == VOCAB
-    tokens = torch.tensor([0, 5, 5, VOCAB - 1, 3])
+    tokens = torch.tensor([0, 5, 5, VOCAB - 1, 3], device=DEVICE)
     with torch.no_grad():
         h = m.model.embed_tokens(tokens)
         x = m.model.layers[0].input_layernorm(h)
@@ -549,7 +556,7 @@ def test_first_token_frequencies_match_the_model(temperature, top_k, top_p):
     prompt = [5, 9, 2, 14]
     n = 20_000
     with torch.no_grad():
-        logits = m(torch.tensor([prompt])).logits[0, -1].float()
+        logits = m(torch.tensor([prompt], device=DEVICE)).logits[0, -1].float().cpu()
     allowed = allowed_tokens((logits / temperature)[None], top_k, top_p)[0]
     q = (logits / temperature).masked_fill(~allowed, float("-inf")).softmax(-1)
     params = SamplingParams(max_new_tokens=1, temperature=temperature, top_k=top_k, top_p=top_p)
