@@ -5,7 +5,8 @@
 #      determinism, the first-token distribution;
 #   2. benchmarks/rollout.py on the GPU: the maze model in fp32 and bf16 at batch 512 and 4,096
 #      (distinct prompts, and 16 rollouts per prompt as in training), a model of
-#      Qwen2.5-0.5B's shape in bf16, and the peak GPU memory a call adds;
+#      Qwen2.5-0.5B's shape in bf16, the peak GPU memory a call adds, where each backend's time
+#      goes (--profile), and the GPU choices of the kv sampler undone one at a time;
 #   3. whether vLLM is importable here.
 # Run from the repository root: ``bash benchmarks/gpu_check.sh [log folder]``; each step's
 # output goes to the terminal and to the log folder (default gpu_check_logs).
@@ -37,6 +38,8 @@ step maze_fp32_4096 180 $bench --batch-size 4096 --repeats 3
 step maze_fp32_4096_groups 180 $bench --batch-size 4096 --rollouts-per-prompt 16 --repeats 3
 step qwen05b_bf16 240 $bench --model qwen2.5-0.5b --dtype bf16 --batch-size 128 --new-tokens 128 --repeats 3
 step maze_memory 120 $bench --memory
+step maze_profile 120 $bench --profile
+step maze_ablations_groups 240 $bench --batch-size 4096 --rollouts-per-prompt 16 --ablations --repeats 1
 step vllm 60 python3 -c "
 import importlib.util
 spec = importlib.util.find_spec('vllm')
@@ -44,8 +47,9 @@ print('vllm is not installed: the vLLM backend was not run' if spec is None else
       'vllm is installed at ' + spec.origin + ': run tests/test_rollout.py on this machine too')
 "
 echo "=== summary"
+grep -h "a call, the prefill\|x$" "$logs"/maze_profile.log "$logs"/maze_ablations_groups.log
 grep -h "passed\|failed\|error" "$logs/tests.log" | tail -1
-for f in "$logs"/maze_*.log "$logs"/qwen*.log; do
+for f in "$logs"/maze_{fp32,bf16}*.log "$logs"/qwen*.log "$logs"/maze_memory.log; do
   echo "$(basename "$f" .log): $(grep -h "tokens/s median\|speedup_vs\|MiB added" "$f" | sed 's/ (.*//' | tr '\n' ';')"
 done
 exit $status

@@ -65,11 +65,25 @@ MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_
 # kv sampler choices that have a switch in maxrl.rollout.kv: (module attribute, value undoing it)
 ABLATIONS = {
     "layer-0 q/k/v by GEMM, no token table": ("TABLE_MAX_VOCAB", 0),
-    "decode values by batched matmul, not embedding_bag": ("VALUE_SUMS_BY_ROWS", False),
-    "prefill passes of 2,048 tokens": ("PREFILL_TOKENS_PER_PASS", 2048),
     "no common prefix cached once (each row caches its whole prompt)": ("MIN_COMMON_PREFIX", 10**9),
 }
-VARIANTS = {"kv as shipped": None, **ABLATIONS}
+# the choices that differ by device
+ABLATIONS_CPU = {
+    "decode values by batched matmul, not embedding_bag": ("VALUE_SUMS_BY_ROWS", False),
+    "prefill passes of 2,048 tokens": ("PREFILL_TOKENS_PER_PASS", 2048),
+}
+ABLATIONS_GPU = {
+    "prefill passes of 512 tokens (the CPU setting)": ("PREFILL_TOKENS_PER_PASS_GPU", 512),
+    "shared prompt cache for repeated prompts (the CPU setting)": ("SHARED_PROMPTS_OFF_CPU", True),
+}
+
+
+def variants(device_type: str) -> dict:
+    """The kv sampler as shipped and the ablations that apply on ``device_type``."""
+    by_device = ABLATIONS_CPU if device_type == "cpu" else ABLATIONS_GPU
+    return {"kv as shipped": None, **ABLATIONS, **by_device}
+
+
 # timed calls per variant process in --ablations, after one warm-up call
 CALLS_PER_VARIANT_PROCESS = 3
 
@@ -207,6 +221,41 @@ def profile(model, prompts, params) -> None:
     print(f"  without the profiler, the prefill alone (max_new_tokens=1) takes {prefill:.2f} s")
 
 
+def profile_gpu(model, prompts, params, backends: dict) -> None:
+    """Per backend on a GPU: one call's wall time, the prefill alone (``max_new_tokens=1``),
+    and under torch.profiler the kernels launched, the GPU's busy time and the ops that take
+    the most host time."""
+    device = next(model.parameters()).device
+    first_token = SamplingParams(max_new_tokens=1, temperature=params.temperature)
+    for name, sampler in backends.items():
+        sampler.generate(model, prompts, params, pad_token_id=0)  # warm-up
+        walls = {}
+        for label, p in (("call", params), ("prefill alone", first_token)):
+            synchronize(device)
+            start = time.perf_counter()
+            sampler.generate(model, prompts, p, pad_token_id=0)
+            synchronize(device)
+            walls[label] = time.perf_counter() - start
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:
+            sampler.generate(model, prompts, params, pad_token_id=0)
+            synchronize(device)
+        events = prof.key_averages()
+        launches = sum(e.count for e in events if "LaunchKernel" in e.key)
+        gpu_busy = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e6
+        syncs = sum(e.count for e in events if "Synchronize" in e.key or "MemcpyAsync" in e.key)
+        print(
+            f"{name}: {walls['call']:.3f} s a call, the prefill alone {walls['prefill alone']:.3f} s; "
+            f"profiled: {launches:,} kernel launches, GPU busy {gpu_busy:.3f} s, "
+            f"{syncs:,} host-device copies or synchronisations"
+        )
+        top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+        for e in top:
+            print(
+                f"    {e.key[:60]:60s} {e.count:8,d} calls {e.self_cpu_time_total / 1e6:7.3f} s host"
+            )
+
+
 def in_fresh_process(args: list[str], key: str) -> str:
     """Run this script in a fresh interpreter with ``args``; return what it printed after
     ``key=``."""
@@ -215,15 +264,16 @@ def in_fresh_process(args: list[str], key: str) -> str:
     return result.stdout.split(f"{key}=")[-1].strip()
 
 
-def ablations(script_args: list[str], repeats: int) -> None:
-    """The kv sampler as shipped and with each of ``ABLATIONS`` undone: each variant runs in
+def ablations(script_args: list[str], repeats: int, device_type: str) -> None:
+    """The kv sampler as shipped and with each ablation that applies on the device (``ABLATIONS``
+    and ``ABLATIONS_CPU`` or ``ABLATIONS_GPU``) undone: each variant runs in
     a fresh process per round (allocator state is process-wide, so variants sharing one
     process would time each other's leftovers), the variants alternating, ``repeats`` rounds.
     A round's figure is the median of ``CALLS_PER_VARIANT_PROCESS`` calls after a warm-up."""
     rest = [a for a in script_args if a != "--ablations"]
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    times: dict[str, list[float]] = {name: [] for name in variants(device_type)}
     for _ in range(repeats):
-        for index, name in enumerate(VARIANTS):
+        for index, name in enumerate(times):
             seconds = in_fresh_process([*rest, "--variant", str(index)], "variant_seconds")
             times[name].append(float(seconds))
     shipped = statistics.median(times["kv as shipped"])
@@ -266,18 +316,21 @@ def run_memory(sampler, model, prompts, params) -> None:
 
 
 def run_variant(index: int, model, prompts, params) -> None:
-    """One process's share of ``ablations``: variant ``index`` of ``VARIANTS``."""
+    """One process's share of ``ablations``: variant ``index`` of ``variants``."""
     from maxrl.rollout import kv
 
-    switch = list(VARIANTS.values())[index]
+    device = next(model.parameters()).device
+    switch = list(variants(device.type).values())[index]
     with mock.patch.object(kv, *switch) if switch else contextlib.nullcontext():
         sampler = make_sampler("kv")
         sampler.generate(model, prompts, params, pad_token_id=0)  # warm-up, whole batch
         runs = []
         for call in range(CALLS_PER_VARIANT_PROCESS):
             g = torch.Generator().manual_seed(call)
+            synchronize(device)
             start = time.perf_counter()
             sampler.generate(model, prompts, params, pad_token_id=0, generator=g)
+            synchronize(device)
             runs.append(time.perf_counter() - start)
     print(f"variant_seconds={statistics.median(runs)}")
 
@@ -338,7 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="instead of timing, profile one kv run on one thread and print where the time goes",
+        help="instead of timing, profile one kv run on one thread and print where the time goes "
+        "(on a GPU: each backend's launches, GPU busy time and top host ops)",
     )
     args = parser.parse_args(argv)
     if args.batch_size % args.rollouts_per_prompt:
@@ -346,11 +400,11 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no GPU here (torch.cuda.is_available() is False)")
-    if device.type != "cpu" and (args.profile or args.tune_malloc):
-        parser.error("--profile and --tune-malloc measure the CPU sampler; use --device cpu")
+    if device.type != "cpu" and args.tune_malloc:
+        parser.error("--tune-malloc tunes the CPU allocator; use --device cpu")
     script_args = sys.argv[1:] if argv is None else list(argv)
     if args.ablations:
-        ablations(script_args, args.repeats)
+        ablations(script_args, args.repeats, device.type)
         return
     if args.memory:
         memory(script_args, ["kv"] if args.skip_hf else ["kv", "hf"], device.type)
@@ -374,7 +428,10 @@ def main(argv: list[str] | None = None) -> None:
         backends["hf"] = make_sampler("hf")
 
     if args.profile:
-        profile(model, prompts, params)
+        if device.type == "cpu":
+            profile(model, prompts, params)
+        else:
+            profile_gpu(model, prompts, params, backends)
         return
     if args.memory_of is not None:
         run_memory(backends[args.memory_of], model, prompts, params)

@@ -308,7 +308,8 @@ def test_streams_get_equal_work_not_equal_rows():
 @pytest.mark.parametrize("tokens_per_pass", [1, 7, 2048])
 def test_prefix_shared_prefill_is_exact(name, tokens_per_pass, monkeypatch):
     """Shared prefixes computed once, in passes that split prompts from the ones they copy."""
-    monkeypatch.setattr(kv_module, "PREFILL_TOKENS_PER_PASS", tokens_per_pass)
+    for device_kind in ("", "_GPU"):
+        monkeypatch.setattr(kv_module, "PREFILL_TOKENS_PER_PASS" + device_kind, tokens_per_pass)
     m = model(name)
     p = prefix_prompts()
     params = SamplingParams(max_new_tokens=7, temperature=0.9, stop_token_ids=(3,))
@@ -344,7 +345,8 @@ def test_common_prefix_cached_once_is_exact(name, compact_below, monkeypatch):
     p = common_prefix_prompts()
     params = SamplingParams(max_new_tokens=8, temperature=0.9, stop_token_ids=(3, 4))
     for tokens_per_pass in (1, 2048):
-        monkeypatch.setattr(kv_module, "PREFILL_TOKENS_PER_PASS", tokens_per_pass)
+        for device_kind in ("", "_GPU"):
+            monkeypatch.setattr(kv_module, "PREFILL_TOKENS_PER_PASS" + device_kind, tokens_per_pass)
         for workers in (1, 2):
             sampler = KVCacheSampler(workers=workers, compact_below=compact_below)
             r = sampler.generate(
@@ -393,8 +395,17 @@ def test_common_prefix_attention_equals_per_row_cache(by_rows, monkeypatch):
 
 @pytest.mark.parametrize("name", ["qwen2_small", "llama"])
 @pytest.mark.parametrize("compact_below", [0.0, 0.75])
-def test_shared_prompt_cache_is_exact(name, compact_below):
+def test_shared_prompt_cache_is_exact(name, compact_below, monkeypatch):
     """Groups of rollouts of one prompt, shuffled: the prompt cache is kept once per prompt."""
+    monkeypatch.setattr(kv_module, "SHARED_PROMPTS_OFF_CPU", True)
+    calls = []
+    shared_attention = kv_module._DecoderRunner._shared_attention
+
+    def counted(runner, *args):
+        calls.append(1)
+        return shared_attention(runner, *args)
+
+    monkeypatch.setattr(kv_module._DecoderRunner, "_shared_attention", counted)
     m = model(name)
     distinct = [[5, 6, 7, 8, 9], [PAD, 11], [12, 13, 14]]
     order = torch.randperm(60, generator=torch.Generator().manual_seed(0)) % 3
@@ -404,6 +415,7 @@ def test_shared_prompt_cache_is_exact(name, compact_below):
     r = sampler.generate(m, p, params, pad_token_id=PAD, generator=torch.Generator().manual_seed(1))
     check_rollouts(m, p, r, params)
     assert not r.truncated.all() and r.truncated.any()
+    assert calls  # the shared-mode attention ran
 
 
 @pytest.mark.parametrize("name", ["qwen2_small", "llama"])

@@ -39,9 +39,17 @@ MIN_ROWS_PER_WORKER = 16
 # below it the per-prompt loop in shared attention costs more than the reads it saves
 MIN_ROWS_PER_SHARED_PROMPT = 16
 
-# computed tokens per prefill pass: its activations stay in cache and its GEMMs run near the
-# one-core peak (``benchmarks/rollout.py --ablations --new-tokens 1`` against 2,048)
+# computed tokens per prefill pass on CPU: its activations stay in cache and its GEMMs run near
+# the one-core peak (``benchmarks/rollout.py --ablations --new-tokens 1`` against 2,048)
 PREFILL_TOKENS_PER_PASS = 512
+
+# the same on a GPU, where a pass costs kernel launches and host work rather than cache misses:
+# few large passes (``benchmarks/rollout.py --device cuda --ablations``)
+PREFILL_TOKENS_PER_PASS_GPU = 16384
+
+# whether shared mode (below) is used off CPU: its attention loops over prompts in Python, a
+# few kernel launches per prompt per layer per step, which a GPU pays for in launch time
+SHARED_PROMPTS_OFF_CPU = False
 
 # layer 0's q/k/v projections are looked up by token id for vocabularies up to this size
 TABLE_MAX_VOCAB = 4096
@@ -311,7 +319,8 @@ class _DecoderRunner:
 
         Distinct prompts are prefilled once each, and a prefix they share with another prompt
         is computed once (``_PrefixPlan``). When each distinct prompt is repeated at least
-        ``MIN_ROWS_PER_SHARED_PROMPT`` times on average, its keys and values are also kept
+        ``MIN_ROWS_PER_SHARED_PROMPT`` times on average (and the model is on CPU, unless
+        ``SHARED_PROMPTS_OFF_CPU``), its keys and values are also kept
         once ("shared" mode): decode attention then reads the prompt part with one GEMM per
         prompt instead of once per row, and only the generated part is cached per row.
         Otherwise each row gets its own copy of its prompt's cache, less the prefix all the
@@ -324,7 +333,10 @@ class _DecoderRunner:
         self.padded = bool((prompt_lengths < width).any())
         plan = _PrefixPlan(ids, prompt_lengths)
         inverse = plan.inverse.to(self.device)
-        self.shared = batch >= MIN_ROWS_PER_SHARED_PROMPT * plan.count
+        on_cpu = self.device.type == "cpu"
+        self.shared = (on_cpu or SHARED_PROMPTS_OFF_CPU) and (
+            batch >= MIN_ROWS_PER_SHARED_PROMPT * plan.count
+        )
         self.prefix = 0
         # the passes write each distinct prompt's keys and values straight into the cache
         # row that decodes it first (``row_of``); repeats are copied from it afterwards
@@ -356,7 +368,10 @@ class _DecoderRunner:
             for buffer in (*target_k, *target_v):
                 buffer[:, :, : width - self.prefix].zero_()
         logits = torch.cat(
-            [self._prefill_pass(part, width, target_k, target_v, row_of) for part in plan.passes()]
+            [
+                self._prefill_pass(part, width, target_k, target_v, row_of)
+                for part in plan.passes(None if on_cpu else PREFILL_TOKENS_PER_PASS_GPU)
+            ]
         )
         if not self.shared:
             repeats = (row_of[inverse] != rows).nonzero()[:, 0]
