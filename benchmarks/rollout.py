@@ -62,17 +62,17 @@ MODEL_SHAPES = {
 # glibc reads these at process start: keep freed memory for reuse rather than unmapping it
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 
-# kv sampler choices that have a switch in maxrl.rollout.kv: (module attribute, value undoing it)
-ABLATIONS = {
+# kv sampler choices that have a switch in maxrl.rollout.kv, by device: (module attribute,
+# value undoing it)
+ABLATIONS_CPU = {
     "layer-0 q/k/v by GEMM, no token table": ("TABLE_MAX_VOCAB", 0),
     "no common prefix cached once (each row caches its whole prompt)": ("MIN_COMMON_PREFIX", 10**9),
-}
-# the choices that differ by device
-ABLATIONS_CPU = {
     "decode values by batched matmul, not embedding_bag": ("VALUE_SUMS_BY_ROWS", False),
     "prefill passes of 2,048 tokens": ("PREFILL_TOKENS_PER_PASS", 2048),
 }
 ABLATIONS_GPU = {
+    "layer-0 token table (the CPU setting)": ("TABLE_MAX_VOCAB_GPU", 4096),
+    "common prefix cached once (the CPU setting)": ("MIN_COMMON_PREFIX_GPU", 8),
     "prefill passes of 512 tokens (the CPU setting)": ("PREFILL_TOKENS_PER_PASS_GPU", 512),
     "shared prompt cache for repeated prompts (the CPU setting)": ("SHARED_PROMPTS_OFF_CPU", True),
 }
@@ -80,8 +80,7 @@ ABLATIONS_GPU = {
 
 def variants(device_type: str) -> dict:
     """The kv sampler as shipped and the ablations that apply on ``device_type``."""
-    by_device = ABLATIONS_CPU if device_type == "cpu" else ABLATIONS_GPU
-    return {"kv as shipped": None, **ABLATIONS, **by_device}
+    return {"kv as shipped": None, **(ABLATIONS_CPU if device_type == "cpu" else ABLATIONS_GPU)}
 
 
 # timed calls per variant process in --ablations, after one warm-up call
@@ -265,8 +264,8 @@ def in_fresh_process(args: list[str], key: str) -> str:
 
 
 def ablations(script_args: list[str], repeats: int, device_type: str) -> None:
-    """The kv sampler as shipped and with each ablation that applies on the device (``ABLATIONS``
-    and ``ABLATIONS_CPU`` or ``ABLATIONS_GPU``) undone: each variant runs in
+    """The kv sampler as shipped and with each of its choices on the device (``ABLATIONS_CPU``
+    or ``ABLATIONS_GPU``) undone: each variant runs in
     a fresh process per round (allocator state is process-wide, so variants sharing one
     process would time each other's leftovers), the variants alternating, ``repeats`` rounds.
     A round's figure is the median of ``CALLS_PER_VARIANT_PROCESS`` calls after a warm-up."""

@@ -189,6 +189,13 @@ def allowed_tokens(scaled: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return keep
 
 
+def on_every_device(monkeypatch, name: str, value) -> None:
+    """Set a kv sampler setting that has a CPU and a GPU value (``NAME``, ``NAME_GPU``) to
+    ``value`` on both, so that a test exercises the same path on ``MAXRL_TEST_DEVICE``."""
+    for suffix in ("", "_GPU"):
+        monkeypatch.setattr(kv_module, name + suffix, value)
+
+
 def sample(backend: str, name: str, batch: int, params: SamplingParams, seed=0, **kwargs):
     m = model(name)
     p = prompts(batch, seed)
@@ -308,8 +315,7 @@ def test_streams_get_equal_work_not_equal_rows():
 @pytest.mark.parametrize("tokens_per_pass", [1, 7, 2048])
 def test_prefix_shared_prefill_is_exact(name, tokens_per_pass, monkeypatch):
     """Shared prefixes computed once, in passes that split prompts from the ones they copy."""
-    for device_kind in ("", "_GPU"):
-        monkeypatch.setattr(kv_module, "PREFILL_TOKENS_PER_PASS" + device_kind, tokens_per_pass)
+    on_every_device(monkeypatch, "PREFILL_TOKENS_PER_PASS", tokens_per_pass)
     m = model(name)
     p = prefix_prompts()
     params = SamplingParams(max_new_tokens=7, temperature=0.9, stop_token_ids=(3,))
@@ -341,12 +347,12 @@ def common_prefix_prompts() -> list[list[int]]:
 def test_common_prefix_cached_once_is_exact(name, compact_below, monkeypatch):
     """The prefix all of a stream's distinct prompts share is cached once and read by one
     GEMM per kv head; the rollouts still match a full forward pass."""
+    on_every_device(monkeypatch, "MIN_COMMON_PREFIX", kv_module.MIN_COMMON_PREFIX)
     m = model(name)
     p = common_prefix_prompts()
     params = SamplingParams(max_new_tokens=8, temperature=0.9, stop_token_ids=(3, 4))
     for tokens_per_pass in (1, 2048):
-        for device_kind in ("", "_GPU"):
-            monkeypatch.setattr(kv_module, "PREFILL_TOKENS_PER_PASS" + device_kind, tokens_per_pass)
+        on_every_device(monkeypatch, "PREFILL_TOKENS_PER_PASS", tokens_per_pass)
         for workers in (1, 2):
             sampler = KVCacheSampler(workers=workers, compact_below=compact_below)
             r = sampler.generate(
@@ -385,7 +391,7 @@ def test_common_prefix_attention_equals_per_row_cache(by_rows, monkeypatch):
     m = model("qwen2_wide")
     logits = {}
     for least in (1, 10**9):
-        monkeypatch.setattr(kv_module, "MIN_COMMON_PREFIX", least)
+        on_every_device(monkeypatch, "MIN_COMMON_PREFIX", least)
         logits[least], runner = runner_logits(m, common_prefix_prompts(), by_rows, 2, [0, 2, 3, 6])
         assert runner.prefix == (9 if least == 1 else 0)
     assert [x.shape[0] for x in logits[1]] == [7, 7, 7, 4, 4, 4]
@@ -419,9 +425,10 @@ def test_shared_prompt_cache_is_exact(name, compact_below, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["qwen2_small", "llama"])
-def test_layer0_table_rows_equal_the_projections(name):
+def test_layer0_table_rows_equal_the_projections(name, monkeypatch):
     """Layer 0's q/k/v looked up by token equal the fused GEMM, and the fused GEMM equals the
     model's own q_proj, k_proj and v_proj (Qwen2 with biases, Llama without)."""
+    on_every_device(monkeypatch, "TABLE_MAX_VOCAB", kv_module.TABLE_MAX_VOCAB)
     m = model(name)
     fused = kv_module._Projections(m)
     assert fused.table is not None and fused.table.shape[0] == VOCAB
@@ -441,7 +448,7 @@ def test_layer0_table_rows_equal_the_projections(name):
 @pytest.mark.parametrize("name", ["qwen2_small", "llama"])
 def test_kv_exact_without_the_layer0_table(name, monkeypatch):
     """A vocabulary above TABLE_MAX_VOCAB computes layer 0's projections by GEMM."""
-    monkeypatch.setattr(kv_module, "TABLE_MAX_VOCAB", VOCAB - 1)
+    on_every_device(monkeypatch, "TABLE_MAX_VOCAB", VOCAB - 1)
     assert kv_module._Projections(model(name)).table is None
     params = SamplingParams(max_new_tokens=8, temperature=0.9, stop_token_ids=(3,))
     m, p, r = sample("kv", name, 7, params, seed=4)
@@ -587,7 +594,8 @@ def test_first_token_frequencies_match_the_model(temperature, top_k, top_p):
 
 
 @pytest.mark.parametrize("prompt_set", ["varied", "common-prefix"])
-def test_bf16_model_logprobs_close_to_its_full_forward(prompt_set):
+def test_bf16_model_logprobs_close_to_its_full_forward(prompt_set, monkeypatch):
+    on_every_device(monkeypatch, "MIN_COMMON_PREFIX", kv_module.MIN_COMMON_PREFIX)
     m = MODELS["qwen2_small"]().to(torch.bfloat16)
     p = prompts(6) if prompt_set == "varied" else common_prefix_prompts()
     params = SamplingParams(max_new_tokens=8, stop_token_ids=(3,))

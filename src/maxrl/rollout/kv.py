@@ -43,14 +43,6 @@ MIN_ROWS_PER_SHARED_PROMPT = 16
 # the one-core peak (``benchmarks/rollout.py --ablations --new-tokens 1`` against 2,048)
 PREFILL_TOKENS_PER_PASS = 512
 
-# the same on a GPU, where a pass costs kernel launches and host work rather than cache misses:
-# few large passes (``benchmarks/rollout.py --device cuda --ablations``)
-PREFILL_TOKENS_PER_PASS_GPU = 16384
-
-# whether shared mode (below) is used off CPU: its attention loops over prompts in Python, a
-# few kernel launches per prompt per layer per step, which a GPU pays for in launch time
-SHARED_PROMPTS_OFF_CPU = False
-
 # layer 0's q/k/v projections are looked up by token id for vocabularies up to this size
 TABLE_MAX_VOCAB = 4096
 
@@ -62,6 +54,16 @@ VALUE_SUMS_BY_ROWS = True
 # template and system prompt, few-shot examples, a maze's border) is cached once for all its
 # rows, and decode attention reads it with one GEMM per kv head instead of once per row
 MIN_COMMON_PREFIX = 8
+
+# On a GPU a small model's decode is bound by kernel launches and host work, not by memory
+# traffic, so the settings differ (``benchmarks/rollout.py --device cuda --ablations``;
+# docs/rollout.md): few large prefill passes; no token table and no common prefix cached
+# once, each of which adds launches per step; and no shared mode, whose attention loops over
+# prompts in Python
+PREFILL_TOKENS_PER_PASS_GPU = 16384
+TABLE_MAX_VOCAB_GPU = 0
+MIN_COMMON_PREFIX_GPU = 10**9
+SHARED_PROMPTS_OFF_CPU = False
 
 
 def supports_fast_path(model) -> bool:
@@ -207,7 +209,7 @@ class _Projections:
     a table indexed by token when the vocabulary is small.
 
     Layer 0's input is the normed embedding of the token, so its projections are a function of
-    the token alone: with a vocabulary of ``TABLE_MAX_VOCAB`` tokens or fewer (the maze
+    the token alone: on CPU, with a vocabulary of ``TABLE_MAX_VOCAB`` tokens or fewer (the maze
     models'), they are computed once per token id and looked up.
     """
 
@@ -225,7 +227,8 @@ class _Projections:
             self.biases.append(torch.cat([p.bias for p in projs]) if all(has_bias) else None)
         self.table = None
         embed = model.model.embed_tokens.weight
-        if embed.shape[0] <= TABLE_MAX_VOCAB:
+        table_max = TABLE_MAX_VOCAB if embed.device.type == "cpu" else TABLE_MAX_VOCAB_GPU
+        if embed.shape[0] <= table_max:
             self.table = self._gemm(0, layers[0].input_layernorm(embed), slice(None))
         self.norms = [layer.input_layernorm for layer in layers]
 
@@ -324,7 +327,7 @@ class _DecoderRunner:
         once ("shared" mode): decode attention then reads the prompt part with one GEMM per
         prompt instead of once per row, and only the generated part is cached per row.
         Otherwise each row gets its own copy of its prompt's cache, less the prefix all the
-        prompts share when it has at least ``MIN_COMMON_PREFIX`` tokens: that is cached once
+        prompts share when it has at least ``MIN_COMMON_PREFIX`` tokens (on CPU): that is cached once
         (``prefix_keys``/``prefix_values``, positions ``0 ... prefix - 1``), and each row's
         cache holds its left padding, the rest of its prompt and its generated tokens.
         """
@@ -352,7 +355,8 @@ class _DecoderRunner:
             row_of = torch.arange(plan.count, device=self.device)
         else:
             common = plan.common_prefix()
-            self.prefix = common if common >= MIN_COMMON_PREFIX else 0
+            least = MIN_COMMON_PREFIX if on_cpu else MIN_COMMON_PREFIX_GPU
+            self.prefix = common if common >= least else 0
             self.prefix_keys, self.prefix_values = self._buffers(1, self.prefix)
             per_row = width - self.prefix + self.max_new_tokens - 1
             self.keys, self.values = self._buffers(batch, per_row)
