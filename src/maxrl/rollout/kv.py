@@ -323,13 +323,13 @@ class _DecoderRunner:
         Distinct prompts are prefilled once each, and a prefix they share with another prompt
         is computed once (``_PrefixPlan``). When each distinct prompt is repeated at least
         ``MIN_ROWS_PER_SHARED_PROMPT`` times on average (and the model is on CPU, unless
-        ``SHARED_PROMPTS_OFF_CPU``), its keys and values are also kept
-        once ("shared" mode): decode attention then reads the prompt part with one GEMM per
-        prompt instead of once per row, and only the generated part is cached per row.
-        Otherwise each row gets its own copy of its prompt's cache, less the prefix all the
-        prompts share when it has at least ``MIN_COMMON_PREFIX`` tokens (on CPU): that is cached once
-        (``prefix_keys``/``prefix_values``, positions ``0 ... prefix - 1``), and each row's
-        cache holds its left padding, the rest of its prompt and its generated tokens.
+        ``SHARED_PROMPTS_OFF_CPU``), its keys and values are also kept once ("shared" mode):
+        decode attention then reads the prompt part with one GEMM per prompt instead of once
+        per row, and only the generated part is cached per row. Otherwise each row gets its
+        own copy of its prompt's cache, less the prefix all the prompts share when it has at
+        least ``MIN_COMMON_PREFIX`` tokens (``MIN_COMMON_PREFIX_GPU`` off CPU): that is cached
+        once (``prefix_keys``/``prefix_values``, positions ``0 ... prefix - 1``), and each
+        row's cache holds its left padding, the rest of its prompt and its generated tokens.
         """
         batch, width = ids.shape
         self.positions = prompt_lengths.clone()
