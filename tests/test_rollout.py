@@ -445,6 +445,16 @@ def test_layer0_table_rows_equal_the_projections(name, monkeypatch):
         torch.testing.assert_close(fused(0, h, tokens, cols), expected[:, cols], rtol=0, atol=1e-6)
 
 
+def test_layer0_table_is_a_cpu_setting():
+    """The token table follows TABLE_MAX_VOCAB on CPU and TABLE_MAX_VOCAB_GPU elsewhere (a
+    meta-device copy stands in for a GPU: it has shapes but no data)."""
+    cpu = MODELS["qwen2_small"]().to("cpu")
+    assert kv_module._Projections(cpu).table is not None
+    off_cpu = MODELS["qwen2_small"]().to("meta")
+    assert kv_module.TABLE_MAX_VOCAB_GPU < VOCAB
+    assert kv_module._Projections(off_cpu).table is None
+
+
 @pytest.mark.parametrize("name", ["qwen2_small", "llama"])
 def test_kv_exact_without_the_layer0_table(name, monkeypatch):
     """A vocabulary above TABLE_MAX_VOCAB computes layer 0's projections by GEMM."""
