@@ -74,7 +74,10 @@ ABLATIONS_GPU = {
     "layer-0 token table (the CPU setting)": ("TABLE_MAX_VOCAB_GPU", 4096),
     "common prefix cached once (the CPU setting)": ("MIN_COMMON_PREFIX_GPU", 8),
     "prefill passes of 512 tokens (the CPU setting)": ("PREFILL_TOKENS_PER_PASS_GPU", 512),
-    "shared prompt cache for repeated prompts (the CPU setting)": ("SHARED_PROMPTS_OFF_CPU", True),
+    "shared prompt cache for repeated prompts (the CPU setting)": (
+        "MIN_ROWS_PER_SHARED_PROMPT_GPU",
+        16,
+    ),
 }
 
 

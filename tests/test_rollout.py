@@ -403,7 +403,7 @@ def test_common_prefix_attention_equals_per_row_cache(by_rows, monkeypatch):
 @pytest.mark.parametrize("compact_below", [0.0, 0.75])
 def test_shared_prompt_cache_is_exact(name, compact_below, monkeypatch):
     """Groups of rollouts of one prompt, shuffled: the prompt cache is kept once per prompt."""
-    monkeypatch.setattr(kv_module, "SHARED_PROMPTS_OFF_CPU", True)
+    on_every_device(monkeypatch, "MIN_ROWS_PER_SHARED_PROMPT", kv_module.MIN_ROWS_PER_SHARED_PROMPT)
     calls = []
     shared_attention = kv_module._DecoderRunner._shared_attention
 

@@ -63,7 +63,7 @@ MIN_COMMON_PREFIX = 8
 PREFILL_TOKENS_PER_PASS_GPU = 16384
 TABLE_MAX_VOCAB_GPU = 0
 MIN_COMMON_PREFIX_GPU = 10**9
-SHARED_PROMPTS_OFF_CPU = False
+MIN_ROWS_PER_SHARED_PROMPT_GPU = 10**9
 
 
 def supports_fast_path(model) -> bool:
@@ -295,8 +295,9 @@ class _DecoderRunner:
         self.projections = projections or _Projections(model)
         # On CPU, fp32 decode attention beats bf16 (bf16 batched GEMMs copy strided operands),
         # so a bf16 model's keys and values are cached as exact fp32 upcasts
-        self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
-        self.by_rows = self.device.type == "cpu" and VALUE_SUMS_BY_ROWS
+        self.on_cpu = self.device.type == "cpu"
+        self.cache_dtype = torch.float32 if self.on_cpu else self.dtype
+        self.by_rows = self.on_cpu and VALUE_SUMS_BY_ROWS
 
     def _finish_layer(self, layer, h, attn_out):
         h = h + layer.self_attn.o_proj(attn_out)
@@ -322,24 +323,22 @@ class _DecoderRunner:
 
         Distinct prompts are prefilled once each, and a prefix they share with another prompt
         is computed once (``_PrefixPlan``). When each distinct prompt is repeated at least
-        ``MIN_ROWS_PER_SHARED_PROMPT`` times on average (and the model is on CPU, unless
-        ``SHARED_PROMPTS_OFF_CPU``), its keys and values are also kept once ("shared" mode):
-        decode attention then reads the prompt part with one GEMM per prompt instead of once
-        per row, and only the generated part is cached per row. Otherwise each row gets its
-        own copy of its prompt's cache, less the prefix all the prompts share when it has at
-        least ``MIN_COMMON_PREFIX`` tokens (``MIN_COMMON_PREFIX_GPU`` off CPU): that is cached
-        once (``prefix_keys``/``prefix_values``, positions ``0 ... prefix - 1``), and each
-        row's cache holds its left padding, the rest of its prompt and its generated tokens.
+        ``MIN_ROWS_PER_SHARED_PROMPT`` times on average (``MIN_ROWS_PER_SHARED_PROMPT_GPU``
+        off CPU), its keys and values are also kept once ("shared" mode): decode attention
+        then reads the prompt part with one GEMM per prompt instead of once per row, and only
+        the generated part is cached per row. Otherwise each row gets its own copy of its
+        prompt's cache, less the prefix all the prompts share when it has at least
+        ``MIN_COMMON_PREFIX`` tokens (``MIN_COMMON_PREFIX_GPU`` off CPU): that is cached once
+        (``prefix_keys``/``prefix_values``, positions ``0 ... prefix - 1``), and each row's
+        cache holds its left padding, the rest of its prompt and its generated tokens.
         """
         batch, width = ids.shape
         self.positions = prompt_lengths.clone()
         self.padded = bool((prompt_lengths < width).any())
         plan = _PrefixPlan(ids, prompt_lengths)
         inverse = plan.inverse.to(self.device)
-        on_cpu = self.device.type == "cpu"
-        self.shared = (on_cpu or SHARED_PROMPTS_OFF_CPU) and (
-            batch >= MIN_ROWS_PER_SHARED_PROMPT * plan.count
-        )
+        least_rows = MIN_ROWS_PER_SHARED_PROMPT if self.on_cpu else MIN_ROWS_PER_SHARED_PROMPT_GPU
+        self.shared = batch >= least_rows * plan.count
         self.prefix = 0
         # the passes write each distinct prompt's keys and values straight into the cache
         # row that decodes it first (``row_of``); repeats are copied from it afterwards
@@ -355,7 +354,7 @@ class _DecoderRunner:
             row_of = torch.arange(plan.count, device=self.device)
         else:
             common = plan.common_prefix()
-            least = MIN_COMMON_PREFIX if on_cpu else MIN_COMMON_PREFIX_GPU
+            least = MIN_COMMON_PREFIX if self.on_cpu else MIN_COMMON_PREFIX_GPU
             self.prefix = common if common >= least else 0
             self.prefix_keys, self.prefix_values = self._buffers(1, self.prefix)
             per_row = width - self.prefix + self.max_new_tokens - 1
@@ -374,7 +373,9 @@ class _DecoderRunner:
         logits = torch.cat(
             [
                 self._prefill_pass(part, width, target_k, target_v, row_of)
-                for part in plan.passes(None if on_cpu else PREFILL_TOKENS_PER_PASS_GPU)
+                for part in plan.passes(
+                    PREFILL_TOKENS_PER_PASS if self.on_cpu else PREFILL_TOKENS_PER_PASS_GPU
+                )
             ]
         )
         if not self.shared:
