@@ -109,10 +109,24 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_generate(sampler, model, prompts, params, generator=None):
+    """(seconds, rollouts) of one ``generate`` call, the device's queued work included."""
+    device = next(model.parameters()).device
+    synchronize(device)
+    start = time.perf_counter()
+    out = sampler.generate(model, prompts, params, pad_token_id=0, generator=generator)
+    synchronize(device)
+    return time.perf_counter() - start, out
+
+
+def gemm_side(device: torch.device) -> int:
+    """Side of the square GEMM that measures the matmul peak: 2048 on CPU, 8192 on a GPU."""
+    return 2048 if device.type == "cpu" else 8192
+
+
 def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:
-    """Best-of-``repeats`` FLOP/s of one n x n x n GEMM (the machine's practical peak): n is
-    2048 on CPU, 8192 on a GPU."""
-    n = 2048 if device.type == "cpu" else 8192
+    """Best-of-``repeats`` FLOP/s of one ``gemm_side`` GEMM (the machine's practical peak)."""
+    n = gemm_side(device)
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     a @ b
@@ -202,9 +216,7 @@ def profile(model, prompts, params) -> None:
     sampler = make_sampler("kv", workers=1)
     sampler.generate(model, prompts[:8], params, pad_token_id=0)
     with torch.profiler.profile() as prof:
-        start = time.perf_counter()
-        sampler.generate(model, prompts, params, pad_token_id=0)
-        wall = time.perf_counter() - start
+        wall, _ = timed_generate(sampler, model, prompts, params)
     self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     # the profiler itself slows each op down; shares of the profiled total are what count
     total = sum(self_us.values())
@@ -216,10 +228,8 @@ def profile(model, prompts, params) -> None:
         print(f"  {label:45s} {t / 1e6:6.2f} s  {t / total:6.1%}")
     rest = total - grouped
     print(f"  {'other ops (views, dispatch)':45s} {rest / 1e6:6.2f} s  {rest / total:6.1%}")
-    start = time.perf_counter()
     first_token = SamplingParams(max_new_tokens=1, temperature=params.temperature)
-    sampler.generate(model, prompts, first_token, pad_token_id=0)
-    prefill = time.perf_counter() - start
+    prefill, _ = timed_generate(sampler, model, prompts, first_token)
     print(f"  without the profiler, the prefill alone (max_new_tokens=1) takes {prefill:.2f} s")
 
 
@@ -231,13 +241,10 @@ def profile_gpu(model, prompts, params, backends: dict) -> None:
     first_token = SamplingParams(max_new_tokens=1, temperature=params.temperature)
     for name, sampler in backends.items():
         sampler.generate(model, prompts, params, pad_token_id=0)  # warm-up
-        walls = {}
-        for label, p in (("call", params), ("prefill alone", first_token)):
-            synchronize(device)
-            start = time.perf_counter()
-            sampler.generate(model, prompts, p, pad_token_id=0)
-            synchronize(device)
-            walls[label] = time.perf_counter() - start
+        walls = {
+            label: timed_generate(sampler, model, prompts, p)[0]
+            for label, p in (("call", params), ("prefill alone", first_token))
+        }
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         with torch.profiler.profile(activities=activities) as prof:
             sampler.generate(model, prompts, params, pad_token_id=0)
@@ -329,11 +336,7 @@ def run_variant(index: int, model, prompts, params) -> None:
         runs = []
         for call in range(CALLS_PER_VARIANT_PROCESS):
             g = torch.Generator().manual_seed(call)
-            synchronize(device)
-            start = time.perf_counter()
-            sampler.generate(model, prompts, params, pad_token_id=0, generator=g)
-            synchronize(device)
-            runs.append(time.perf_counter() - start)
+            runs.append(timed_generate(sampler, model, prompts, params, g)[0])
     print(f"variant_seconds={statistics.median(runs)}")
 
 
@@ -478,16 +481,13 @@ def main(argv: list[str] | None = None) -> None:
     for repeat in range(args.repeats):
         for name, sampler in backends.items():
             g = torch.Generator().manual_seed(repeat)
-            synchronize(device)
-            start = time.perf_counter()
-            out = sampler.generate(model, prompts, params, pad_token_id=0, generator=g)
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            seconds, out = timed_generate(sampler, model, prompts, params, g)
+            times[name].append(seconds)
             assert int(out.lengths.min()) == args.new_tokens
 
     # the GEMM peak is measured again afterwards; the better figure is the less contended one
     peak = max(peak, matmul_peak(dtype, device))
-    n = 2048 if device.type == "cpu" else 8192
+    n = gemm_side(device)
     print(f"matmul peak ({args.dtype}, best {n}^3 GEMM): {peak / 1e9:,.1f} GFLOP/s")
     print(f"load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     medians = {}
