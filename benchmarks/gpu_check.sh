@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The rollout engine's checks on a CUDA GPU, in one run (a few minutes on an H100):
+# The rollout engine's checks on a CUDA GPU, in one run (about 7 minutes on an H200):
 #   1. tests/test_rollout.py with every model on the GPU (MAXRL_TEST_DEVICE=cuda): the kv and
 #      hf samplers' log-probabilities against a full forward pass, stop rules, top-k/top-p,
 #      determinism, the first-token distribution;
