@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The rollout engine's checks on a CUDA GPU, in one run (about 7 minutes on an H200):
-#   1. tests/test_rollout.py with every model on the GPU (MAXRL_TEST_DEVICE=cuda): the kv and
-#      hf samplers' log-probabilities against a full forward pass, stop rules, top-k/top-p,
+#   1. the rollout tests (the sampler contract, sampling rules, kv planning and kv exactness)
+#      with every model on the GPU (MAXRL_TEST_DEVICE=cuda): the kv and hf samplers'
+#      log-probabilities against a full forward pass, stop rules, top-k/top-p,
 #      determinism, the first-token distribution;
 #   2. benchmarks/rollout.py on the GPU: the maze model in fp32 and bf16 at batch 512 and 4,096
 #      (distinct prompts, and 16 rollouts per prompt as in training), a model of
@@ -30,7 +31,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, remember a
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__)"
 
-step tests 300 env MAXRL_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_rollout.py
+step tests 300 env MAXRL_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_sampler_contract.py tests/test_sampling_rules.py tests/test_kv_planning.py tests/test_kv_exactness.py
 bench="python3 benchmarks/rollout.py --device cuda"
 step maze_fp32_512 120 $bench --repeats 5
 step maze_bf16_512 120 $bench --dtype bf16 --repeats 5
@@ -44,7 +45,7 @@ step vllm 60 python3 -c "
 import importlib.util
 spec = importlib.util.find_spec('vllm')
 print('vllm is not installed: the vLLM backend was not run' if spec is None else
-      'vllm is installed at ' + spec.origin + ': run tests/test_rollout.py on this machine too')
+      'vllm is installed at ' + spec.origin + ': run the rollout tests on this machine too')
 "
 echo "=== summary"
 grep -h "a call, the prefill\|x$" "$logs"/maze_profile.log "$logs"/maze_ablations_groups.log

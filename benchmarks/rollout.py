@@ -21,22 +21,21 @@ heads, 2 KV heads, vocabulary 151,936): the size of the smallest real language m
 ``--tune-malloc`` reruns the process with glibc's allocator told to keep freed memory
 (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``), so large tensors reuse pages instead
 of faulting in fresh ones; both backends run under it. ``--ablations`` times the kv sampler
-against itself with one of its choices undone (``maxrl.rollout.kv`` switches), each variant in
-a fresh process per round. ``--memory`` measures the peak memory one call of each backend
+against itself with one of its choices undone (a field of ``maxrl.rollout.kv.KVSettings``),
+each variant in a fresh process per round. ``--memory`` measures the peak memory one call of each backend
 adds, each in a fresh process.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from unittest import mock
 
 import torch
 
@@ -62,20 +61,19 @@ MODEL_SHAPES = {
 # glibc reads these at process start: keep freed memory for reuse rather than unmapping it
 MALLOC_TUNING = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 
-# kv sampler choices that have a switch in maxrl.rollout.kv, by device: (module attribute,
-# value undoing it)
+# kv sampler choices, by device: (``KVSettings`` field, value undoing it)
 ABLATIONS_CPU = {
-    "layer-0 q/k/v by GEMM, no token table": ("TABLE_MAX_VOCAB", 0),
-    "no common prefix cached once (each row caches its whole prompt)": ("MIN_COMMON_PREFIX", 10**9),
-    "decode values by batched matmul, not embedding_bag": ("VALUE_SUMS_BY_ROWS", False),
-    "prefill passes of 2,048 tokens": ("PREFILL_TOKENS_PER_PASS", 2048),
+    "layer-0 q/k/v by GEMM, no token table": ("table_max_vocab", 0),
+    "no common prefix cached once (each row caches its whole prompt)": ("min_common_prefix", 10**9),
+    "decode values by batched matmul, not embedding_bag": ("value_sums_by_rows", False),
+    "prefill passes of 2,048 tokens": ("prefill_tokens_per_pass", 2048),
 }
 ABLATIONS_GPU = {
-    "layer-0 token table (the CPU setting)": ("TABLE_MAX_VOCAB_GPU", 4096),
-    "common prefix cached once (the CPU setting)": ("MIN_COMMON_PREFIX_GPU", 8),
-    "prefill passes of 512 tokens (the CPU setting)": ("PREFILL_TOKENS_PER_PASS_GPU", 512),
+    "layer-0 token table (the CPU setting)": ("table_max_vocab", 4096),
+    "common prefix cached once (the CPU setting)": ("min_common_prefix", 8),
+    "prefill passes of 512 tokens (the CPU setting)": ("prefill_tokens_per_pass", 512),
     "shared prompt cache for repeated prompts (the CPU setting)": (
-        "MIN_ROWS_PER_SHARED_PROMPT_GPU",
+        "min_rows_per_shared_prompt",
         16,
     ),
 }
@@ -326,17 +324,19 @@ def run_memory(sampler, model, prompts, params) -> None:
 
 def run_variant(index: int, model, prompts, params) -> None:
     """One process's share of ``ablations``: variant ``index`` of ``variants``."""
-    from maxrl.rollout import kv
+    from maxrl.rollout.kv import settings_for
 
     device = next(model.parameters()).device
     switch = list(variants(device.type).values())[index]
-    with mock.patch.object(kv, *switch) if switch else contextlib.nullcontext():
-        sampler = make_sampler("kv")
-        sampler.generate(model, prompts, params, pad_token_id=0)  # warm-up, whole batch
-        runs = []
-        for call in range(CALLS_PER_VARIANT_PROCESS):
-            g = torch.Generator().manual_seed(call)
-            runs.append(timed_generate(sampler, model, prompts, params, g)[0])
+    settings = settings_for(device)
+    if switch:
+        settings = dataclasses.replace(settings, **dict([switch]))
+    sampler = make_sampler("kv", settings=settings)
+    sampler.generate(model, prompts, params, pad_token_id=0)  # warm-up, whole batch
+    runs = []
+    for call in range(CALLS_PER_VARIANT_PROCESS):
+        g = torch.Generator().manual_seed(call)
+        runs.append(timed_generate(sampler, model, prompts, params, g)[0])
     print(f"variant_seconds={statistics.median(runs)}")
 
 

@@ -53,7 +53,8 @@ class SamplingParams:
 
 @dataclass
 class Rollouts:
-    """A batch of sampled continuations, one row per prompt, in prompt order.
+    """A batch of sampled continuations: ``n`` rows per prompt, group-major (row ``g * n + j``
+    is rollout ``j`` of prompt ``g``).
 
     Attributes:
         tokens: (B, max_new_tokens) generated ids; ``pad_token_id`` after the stop token.
@@ -79,13 +80,18 @@ class Sampler(Protocol):
         prompt_ids: list[list[int]],
         params: SamplingParams,
         *,
+        n: int = 1,
         pad_token_id: int,
         generator: torch.Generator | None = None,
-    ) -> Rollouts: ...
+    ) -> Rollouts:
+        """``n`` rollouts of each prompt, ``len(prompt_ids) * n`` rows, group-major."""
+        ...
 
 
-def check_prompts(prompt_ids: Sequence[Sequence[int]]) -> None:
-    """Raise a ValueError naming the first malformed prompt."""
+def check_prompts(prompt_ids: Sequence[Sequence[int]], n: int = 1) -> None:
+    """Raise a ValueError naming the first malformed prompt (or a bad ``n``)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (rollouts per prompt) must be an integer >= 1; got {n!r}")
     if len(prompt_ids) == 0:
         raise ValueError("prompt_ids is empty; pass at least one prompt (a list of token ids)")
     for i, prompt in enumerate(prompt_ids):

@@ -36,12 +36,15 @@ class HFGenerateSampler:
         prompt_ids: list[list[int]],
         params: SamplingParams,
         *,
+        n: int = 1,
         pad_token_id: int,
         generator: torch.Generator | None = None,
     ) -> Rollouts:
+        """``n`` rollouts of each prompt: row ``g * n + j`` is rollout ``j`` of prompt ``g``."""
         from transformers import GenerationConfig
 
-        check_prompts(prompt_ids)
+        check_prompts(prompt_ids, n)
+        prompt_ids = [p for p in prompt_ids for _ in range(n)]
         sampling = params.temperature > 0
         config = GenerationConfig(
             max_new_tokens=params.max_new_tokens,

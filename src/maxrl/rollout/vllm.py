@@ -76,17 +76,21 @@ class VLLMSampler:
         prompt_ids: list[list[int]],
         params: SamplingParams,
         *,
+        n: int = 1,
         pad_token_id: int,
         generator: torch.Generator | None = None,
     ) -> Rollouts:
-        check_prompts(prompt_ids)
+        """``n`` rollouts of each prompt (one vLLM request with ``n`` samples per prompt, so
+        the engine prefills the prompt once); row ``g * n + j`` is rollout ``j`` of prompt
+        ``g``."""
+        check_prompts(prompt_ids, n)
         if model is not None and hasattr(model, "named_parameters"):
             self.sync_weights(model)
         exact_logprobs = params.top_k == 0 and params.top_p == 1.0
         seeds = torch.randint(2**31, (len(prompt_ids),), generator=generator).tolist()
         requests = [
             self._vllm_params(
-                n=1,
+                n=n,
                 max_tokens=params.max_new_tokens,
                 temperature=params.temperature,
                 top_p=params.top_p,
@@ -103,10 +107,19 @@ class VLLMSampler:
         results = self.llm.generate(prompts, sampling_params=requests, use_tqdm=False)
 
         width = params.max_new_tokens
-        tokens = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
-        logprobs = torch.zeros((len(prompt_ids), width), dtype=torch.float32)
-        for row, result in enumerate(results):
-            completion = result.outputs[0]
+        tokens = torch.full((len(prompt_ids) * n, width), pad_token_id, dtype=torch.long)
+        logprobs = torch.zeros((len(prompt_ids) * n, width), dtype=torch.float32)
+        completions = [
+            c
+            for result in results
+            for c in sorted(result.outputs, key=lambda c: getattr(c, "index", 0))
+        ]
+        if len(completions) != len(tokens):
+            raise RuntimeError(
+                f"vLLM returned {len(completions)} completions for {len(prompt_ids)} prompts x "
+                f"{n} samples"
+            )
+        for row, completion in enumerate(completions):
             ids = list(completion.token_ids)
             tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             if exact_logprobs:

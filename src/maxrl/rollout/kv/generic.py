@@ -1,0 +1,57 @@
+"""The generic runner: any Hugging Face causal LM through its own ``forward`` and cache."""
+
+from __future__ import annotations
+
+import torch
+
+
+class ModelForwardRunner:
+    """Any HF causal LM: its own ``forward`` with its default ``DynamicCache``.
+
+    transformers' ``StaticCache`` was measured slower here: its attention always spans the
+    whole preallocated length (docs/rollout.md).
+    """
+
+    def __init__(self, model, max_new_tokens: int):
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+
+    def prefill(
+        self, ids: torch.Tensor, prompt_lengths: torch.Tensor, rows_of: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Run the prompts of every row (``ids[rows_of]``) through the model; last logits."""
+        if rows_of is not None:
+            ids, prompt_lengths = ids[rows_of], prompt_lengths[rows_of]
+        width = ids.shape[1]
+        cols = torch.arange(width + self.max_new_tokens - 1, device=ids.device)
+        pad_cols = (width - prompt_lengths)[:, None]
+        self.mask = (cols[None, :] >= pad_cols).long()
+        self.positions = prompt_lengths.clone()
+        self.filled = width
+        out = self.model(
+            input_ids=ids,
+            attention_mask=self.mask[:, :width],
+            position_ids=(cols[None, :width] - pad_cols).clamp(min=0),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.cache = out.past_key_values
+        return out.logits[:, -1]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.filled += 1
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.mask[:, : self.filled],
+            position_ids=self.positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        self.positions += 1
+        return out.logits[:, -1]
+
+    def select(self, index: torch.Tensor) -> None:
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.positions = self.positions[index]
