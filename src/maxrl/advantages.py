@@ -56,7 +56,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["compute", "names", "get", "validate_params", "Estimator"]
+__all__ = [
+    "compute",
+    "prepare",
+    "names",
+    "get",
+    "validate_params",
+    "Estimator",
+    "PreparedEstimator",
+]
 
 
 @dataclass(frozen=True)
@@ -304,60 +312,100 @@ def compute(
         Advantages with the shape and dtype of ``rewards`` (float32 for integer input). The
         arithmetic runs in float64.
     """
+    if group_ids is None:
+        r = torch.as_tensor(rewards)
+        if r.ndim != 2:
+            raise ValueError(
+                f"rewards must have shape (groups, rollouts_per_prompt); got shape "
+                f"{tuple(r.shape)}. For flat or ragged batches pass group_ids"
+            )
+        return prepare(name, r.shape[1], reward_threshold=reward_threshold, **params)(r)
     est = get(name)
     r = torch.as_tensor(rewards)
     out_dtype = r.dtype if r.is_floating_point() else torch.float32
-    r64 = r.detach().to(torch.float64)
-    if group_ids is None:
-        if r64.ndim != 2:
-            raise ValueError(
-                f"rewards must have shape (groups, rollouts_per_prompt); got shape "
-                f"{tuple(r64.shape)}. For flat or ragged batches pass group_ids"
-            )
-        if r64.numel() == 0:
-            return torch.zeros_like(r, dtype=out_dtype)
-        n_groups, n = r64.shape
-        gid = None
-        flat = r64
-    else:
-        gid = torch.as_tensor(group_ids)
-        if r64.ndim != 1 or gid.shape != r64.shape:
-            raise ValueError(
-                f"with group_ids, rewards must be flat (B,) and group_ids the same shape; got "
-                f"rewards {tuple(r64.shape)} and group_ids {tuple(gid.shape)}"
-            )
-        if gid.dtype.is_floating_point or gid.dtype == torch.bool:
-            raise ValueError(f"group_ids must be integers; got dtype {gid.dtype}")
-        if r64.numel() == 0:
-            return torch.zeros_like(r, dtype=out_dtype)
-        _, gid = torch.unique(gid, return_inverse=True)
-        flat = r64
-    _check_finite(name, flat, gid)
-    if reward_threshold is not None:
-        flat = (flat >= reward_threshold).to(torch.float64)
-    elif est.binary:
-        _check_binary(name, flat, gid)
+    flat = r.detach().to(torch.float64)
+    gid = torch.as_tensor(group_ids)
+    if flat.ndim != 1 or gid.shape != flat.shape:
+        raise ValueError(
+            f"with group_ids, rewards must be flat (B,) and group_ids the same shape; got "
+            f"rewards {tuple(flat.shape)} and group_ids {tuple(gid.shape)}"
+        )
+    if gid.dtype.is_floating_point or gid.dtype == torch.bool:
+        raise ValueError(f"group_ids must be integers; got dtype {gid.dtype}")
+    if flat.numel() == 0:
+        return torch.zeros_like(r, dtype=out_dtype)
+    _, gid = torch.unique(gid, return_inverse=True)
+    flat = _checked(est, flat, gid, reward_threshold)
+    n_groups = int(gid.max()) + 1
+    zeros = torch.zeros(n_groups, dtype=torch.float64)
+    sizes = zeros.index_add(0, gid, torch.ones_like(flat))
+    full = validate_params(name, int(sizes.min()), **params)
+    sums = zeros.index_add(0, gid, flat)
+    sq = zeros.index_add(0, gid, flat * flat)
+    groups = _Groups(r=flat, n=sizes[gid], s=sums[gid], q=sq[gid])
+    sizes = sizes.long().unique().tolist()
+    adv = _tabulated(est, groups, full, sizes) if est.binary else est.fn(groups, **full)
+    return adv.reshape(r.shape).to(out_dtype)
 
-    if gid is None:  # dense groups: row sums, broadcast back
-        full = validate_params(name, n, **params)
-        ones = torch.ones_like(flat)
+
+@dataclass(frozen=True)
+class PreparedEstimator:
+    """An estimator bound to its parameters and group size, validated once (:func:`prepare`).
+
+    Calling it on (groups, N) rewards gives exactly what :func:`compute` gives for the same
+    arguments, without validating the parameters again; the rewards are still checked (finite,
+    and 0/1 for a binary estimator).
+    """
+
+    estimator: Estimator
+    group_size: int
+    params: dict[str, Any]
+    reward_threshold: float | None = None
+
+    def __call__(self, rewards: torch.Tensor | Sequence) -> torch.Tensor:
+        r = torch.as_tensor(rewards)
+        n = self.group_size
+        if r.ndim != 2 or r.shape[1] != n:
+            raise ValueError(
+                f"rewards must have shape (groups, {n}) for {self.estimator.name!r} prepared "
+                f"with N={n}; got shape {tuple(r.shape)}"
+            )
+        out_dtype = r.dtype if r.is_floating_point() else torch.float32
+        if r.numel() == 0:
+            return torch.zeros_like(r, dtype=out_dtype)
+        flat = _checked(self.estimator, r.detach().to(torch.float64), None, self.reward_threshold)
         groups = _Groups(
             r=flat,
-            n=ones * n,
+            n=torch.ones_like(flat) * n,
             s=flat.sum(1, keepdim=True).expand_as(flat),
             q=(flat * flat).sum(1, keepdim=True).expand_as(flat),
         )
-    else:
-        n_groups = int(gid.max()) + 1
-        zeros = torch.zeros(n_groups, dtype=torch.float64)
-        sizes = zeros.index_add(0, gid, torch.ones_like(flat))
-        full = validate_params(name, int(sizes.min()), **params)
-        sums = zeros.index_add(0, gid, flat)
-        sq = zeros.index_add(0, gid, flat * flat)
-        groups = _Groups(r=flat, n=sizes[gid], s=sums[gid], q=sq[gid])
-    sizes = [n] if gid is None else sizes.long().unique().tolist()
-    adv = _tabulated(est, groups, full, sizes) if est.binary else est.fn(groups, **full)
-    return adv.reshape(r.shape).to(out_dtype)
+        if self.estimator.binary:
+            adv = _tabulated(self.estimator, groups, self.params, [n])
+        else:
+            adv = self.estimator.fn(groups, **self.params)
+        return adv.reshape(r.shape).to(out_dtype)
+
+
+def prepare(
+    name: str, rollouts_per_prompt: int, *, reward_threshold: float | None = None, **params
+) -> PreparedEstimator:
+    """Estimator ``name`` for groups of ``rollouts_per_prompt``, its parameters checked now.
+
+    A trainer resolves its estimator once with this and calls the result every step.
+    """
+    full = validate_params(name, rollouts_per_prompt, reward_threshold=reward_threshold, **params)
+    return PreparedEstimator(get(name), rollouts_per_prompt, full, reward_threshold)
+
+
+def _checked(est: Estimator, flat: torch.Tensor, gid, reward_threshold) -> torch.Tensor:
+    """Rewards after the finite check, then binarised or checked binary."""
+    _check_finite(est.name, flat, gid)
+    if reward_threshold is not None:
+        return (flat >= reward_threshold).to(torch.float64)
+    if est.binary:
+        _check_binary(est.name, flat, gid)
+    return flat
 
 
 def _tabulated(est: Estimator, g: _Groups, params: dict, sizes: list[int]) -> torch.Tensor:
