@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> MaxRLTrainer | None:
     eos = tokenizer.eos_token_id
     trainer = MaxRLTrainer(
         model=args.model,
-        reward_funcs=task_reward(task, items, eos_token_ids=eos),
+        reward_funcs=task_reward(task, items, eos_token_ids=eos, zero_reward_if_truncated=True),
         args=config,
         train_dataset=task_dataset(items),
         processing_class=tokenizer,

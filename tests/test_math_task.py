@@ -164,16 +164,35 @@ def test_gsm8k_targets_verify_against_their_own_gold(task):
     assert task.verify(items, [i.target for i in items]) == [1.0] * 12
 
 
-def test_truncated_completions_score_zero(task):
+def test_truncated_completions_score_zero_unchecked(task):
+    """The one truncation rule (``rollout.zero_reward_if_truncated``) applies to this task too:
+    a completion flagged truncated scores 0 and is never sent to math-verify."""
+    from maxrl.groups import verify_rewards
+
     item = task.test_items(2)[1]  # gold 31
     right = r"Kim scored 36, so Lee scored \boxed{31}"
-    assert task.verify([item] * 3, [right] * 3, truncated=[False, True, False]) == [1.0, 0.0, 1.0]
-    keep = MathTask(_records()[:2], test_size=1, zero_truncated=False)
-    gold = keep.test_items(1)[0]
-    assert keep.verify([gold], [r"\boxed{42}"], truncated=[True]) == [1.0]
-    keep.close()
+    checked = task.checker.stats["checked"]
+    rewards, errors = verify_rewards(task, [item] * 3, [right] * 3, [False, True, False])
+    assert rewards == [1.0, 0.0, 1.0] and errors == 0
+    assert task.checker.stats["checked"] == checked + 2
+    assert verify_rewards(task, [item], [right])[0] == [1.0]
     with pytest.raises(ValueError, match="truncated flags"):
-        task.verify([item], [right], truncated=[])
+        verify_rewards(task, [item], [right], [])
+
+
+def test_a_task_of_held_out_records_alone_evaluates_but_does_not_train():
+    task = MathTask([], _records()[:2])
+    assert [i.id for i in task.test_items(2)] == ["math/test/0", "math/test/1"]
+    with pytest.raises(ValueError, match="holds no training records"):
+        task.train_items(4, seed=0)
+    task.close()
+    with pytest.raises(ValueError, match="are empty"):
+        MathTask([], None)
+
+
+def test_verify_needs_one_completion_per_item(task):
+    item = task.test_items(1)[0]
+    right = "x"
     with pytest.raises(ValueError, match="completions"):
         task.verify([item, item], [right])
 

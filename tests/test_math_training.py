@@ -23,9 +23,11 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM 
 
 from maxrl.config import load_config  # noqa: E402
 from maxrl.eval import evaluate as evaluation  # noqa: E402
+from maxrl.metrics import read_metrics  # noqa: E402
+from maxrl.models.loading import load_tokenizer  # noqa: E402
 from maxrl.tasks.math import INSTRUCTION, answers_match  # noqa: E402
 from maxrl.train import rl  # noqa: E402
-from maxrl.train.common import latest_checkpoint, load_tokenizer, read_metrics  # noqa: E402
+from maxrl.train.checkpoints import latest_checkpoint  # noqa: E402
 from maxrl.train.config import TrainConfig  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "gsm8k_tiny.jsonl"
@@ -155,7 +157,7 @@ def test_math_training_uses_the_chat_template_and_math_verify_rewards(tmp_path, 
     start_id, end_id = tokenizer.convert_tokens_to_ids([START, END])
     assert len(train_batches) == 2
     for groups in train_batches:
-        assert len(groups.items) == 2 * 4
+        assert len(groups.items) == len(groups.prompt_ids) == 2 and groups.group_size == 4
         for item, prompt_ids in zip(groups.items, groups.prompt_ids):
             index = int(item.id.removeprefix("math/train/"))
             assert 0 <= index < len(records) - 3
@@ -168,15 +170,19 @@ def test_math_training_uses_the_chat_template_and_math_verify_rewards(tmp_path, 
                 *tokenizer.encode("assistant\n", add_special_tokens=False),
             ]
         # rollouts stop at eos and decode without special tokens
-        for response, completion in zip(groups.response_ids, groups.completions):
+        assert len(groups.completions) == 2 * 4
+        for row, completion in enumerate(groups.completions):
+            response = groups.rollouts.tokens[row, : groups.lengths[row]].tolist()
             assert 1 <= len(response) <= 6 and end_id not in response[:-1]
             assert completion == tokenizer.decode(response, skip_special_tokens=True)
             assert END not in completion and START not in completion
         # every reward is math-verify's verdict on the decoded completion, 0 or 1
         expected = [
-            float(answers_match(i.reference, c)) for i, c in zip(groups.items, groups.completions)
+            float(answers_match(groups.items[row // 4].reference, c))
+            for row, c in enumerate(groups.completions)
         ]
-        assert groups.rewards.tolist() == expected
+        assert groups.rewards.shape == (2, 4)
+        assert groups.rewards.reshape(-1).tolist() == expected
         assert groups.verifier_errors == 0
 
     metrics = read_metrics(out / "metrics.jsonl")

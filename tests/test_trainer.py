@@ -12,10 +12,12 @@ import torch
 from maxrl import advantages
 from maxrl.cli import main as cli_main
 from maxrl.config import ConfigError, load_config
+from maxrl.metrics import read_metrics
 from maxrl.models import build_model
+from maxrl.models.loading import load_policy
 from maxrl.tasks.maze import MazeTask
-from maxrl.train import rl
-from maxrl.train.common import concat_batch, latest_checkpoint, load_policy, read_metrics
+from maxrl.train import rl, update
+from maxrl.train.checkpoints import latest_checkpoint
 from maxrl.train.config import TrainConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -64,6 +66,25 @@ def tiny_cfg(out_dir, init, *overrides) -> TrainConfig:
     )
 
 
+def full_batch(groups, pad_id: int):
+    """Right-padded prompt + response rows of a rollout batch, written here independently of
+    the trainer: (input_ids, attention_mask, response_mask)."""
+    seqs = [
+        groups.prompt_ids[row // groups.group_size] + groups.rollouts.tokens[row, :length].tolist()
+        for row, length in enumerate(groups.lengths.tolist())
+    ]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id)
+    attn = torch.zeros_like(ids)
+    resp = torch.zeros_like(ids, dtype=torch.bool)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        attn[row, : len(seq)] = 1
+        start = len(groups.prompt_ids[row // groups.group_size])
+        resp[row, start : len(seq)] = True
+    return ids, attn, resp
+
+
 def _deterministic(records):
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
 
@@ -91,10 +112,10 @@ def test_resume_after_a_crash_replays_the_same_run(tmp_path, tiny_init, monkeypa
     crashed = tmp_path / "crashed"
     real = rl.optimise
 
-    def crash_at_5(model, ref, opt, groups, adv, cfg, step, pad):
+    def crash_at_5(*args, step, **kwargs):
         if step == 5:
             raise KeyboardInterrupt("killed")
-        return real(model, ref, opt, groups, adv, cfg, step, pad)
+        return real(*args, step=step, **kwargs)
 
     monkeypatch.setattr(rl, "optimise", crash_at_5)
     with pytest.raises(KeyboardInterrupt):
@@ -131,7 +152,7 @@ def test_a_crash_while_saving_leaves_the_last_checkpoint_intact(tmp_path, tiny_i
 def test_ppo_with_one_epoch_and_minibatch_equals_the_on_policy_gradient(tmp_path, tiny_init):
     """One epoch, one minibatch: the clipped-ratio update equals plain REINFORCE with the group
     advantage, -(1/tokens) sum_i A_i sum_t log pi, computed here by hand."""
-    from maxrl.eval.evaluate import make_rollout_sampler, sample_groups
+    from maxrl.groups import make_rollout_sampler, sample_groups
     from maxrl.rollout import SamplingParams
 
     model, tok = load_policy(tiny_init)
@@ -147,22 +168,24 @@ def test_ppo_with_one_epoch_and_minibatch_equals_the_on_policy_gradient(tmp_path
         SamplingParams(8, stop_token_ids=(tok.eos_token_id,)),
         torch.Generator().manual_seed(0),
     )
-    adv = advantages.compute("maxrl", groups.rewards.reshape(4, 8)).reshape(-1)
-    assert adv.abs().sum() > 0
+    adv = advantages.compute("maxrl", groups.rewards)
+    assert adv.shape == (4, 8) and adv.abs().sum() > 0
 
     def grads_after(cfg):
         m, _ = load_policy(tiny_init)
+        if cfg.model.gradient_checkpointing:
+            m.gradient_checkpointing_enable()
         opt = torch.optim.SGD(m.parameters(), lr=0.0)
-        rl.optimise(m, None, opt, groups, adv, cfg, 1, tok.pad_token_id)
+        rl.optimise(m, opt, groups, adv, cfg.algo, cfg.optim, micro_batch_size=256, seed=0, step=1)
         return {n: p.grad.clone() for n, p in m.named_parameters()}
 
     m, _ = load_policy(tiny_init)
-    ids, attn, resp = concat_batch(groups.prompt_ids, groups.response_ids, tok.pad_token_id)
+    ids, attn, resp = full_batch(groups, tok.pad_token_id)
     # the reference: one full forward over every prompt + response
     logits = m(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
     logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     mask = resp[:, 1:].float()
-    loss = -(adv[:, None] * logp * mask).sum() / mask.sum()
+    loss = -(adv.reshape(-1, 1) * logp * mask).sum() / mask.sum()
     loss.backward()
     manual = {n: p.grad for n, p in m.named_parameters()}
 
@@ -215,7 +238,7 @@ def test_verifier_that_throws_scores_zero_and_the_run_goes_on(tmp_path, tiny_ini
 def test_nan_loss_is_skipped_then_stops_with_the_checkpoint_intact(
     tmp_path, tiny_init, monkeypatch
 ):
-    real = rl.policy_loss
+    real = update.policy_loss
     calls = {"step": 0}
 
     def nan_from_step_3(*args, **kwargs):
@@ -226,11 +249,11 @@ def test_nan_loss_is_skipped_then_stops_with_the_checkpoint_intact(
 
     real_opt = rl.optimise
 
-    def tracking(model, ref, opt, groups, adv, cfg, step, pad):
+    def tracking(*args, step, **kwargs):
         calls["step"] = step
-        return real_opt(model, ref, opt, groups, adv, cfg, step, pad)
+        return real_opt(*args, step=step, **kwargs)
 
-    monkeypatch.setattr(rl, "policy_loss", nan_from_step_3)
+    monkeypatch.setattr(update, "policy_loss", nan_from_step_3)
     monkeypatch.setattr(rl, "optimise", tracking)
     cfg = tiny_cfg(
         tmp_path, tiny_init, "run.steps=8", "run.checkpoint_every=1", "run.max_nan_steps=3"
@@ -317,23 +340,20 @@ def test_cli_smoke_with_sft_warm_start(tmp_path):
 
 
 def test_shared_prefix_forward_equals_full_forward():
-    from maxrl.train.common import response_logprobs
+    from maxrl.train.logprobs import response_logprobs
 
     model = build_model("tiny", seed=1).double()
     prompts = [[1, 4, 9, 7], [1, 4, 8, 8, 9, 10, 11], [1, 5]]
     gen = torch.Generator().manual_seed(0)
-    responses = [
-        torch.randint(
-            4, 20, (int(torch.randint(1, 6, (1,), generator=gen)),), generator=gen
-        ).tolist()
-        for _ in range(9)
-    ]
-    a, mask_a, ent_a = response_logprobs(model, prompts, responses, 3, 0, entropy=True)
+    lengths = torch.randint(1, 6, (9,), generator=gen)
+    responses = torch.randint(4, 20, (9, int(lengths.max())), generator=gen)
+    responses[torch.arange(responses.shape[1])[None, :] >= lengths[:, None]] = 0
+    a, mask_a, ent_a = response_logprobs(model, prompts, responses, lengths, 3, 0, entropy=True)
     b, mask_b, ent_b = response_logprobs(
-        model, prompts, responses, 3, 0, entropy=True, shared_prefix=False
+        model, prompts, responses, lengths, 3, 0, entropy=True, shared_prefix=False
     )
     assert torch.equal(mask_a, mask_b)
-    assert mask_a.sum() == sum(len(r) for r in responses)
+    assert mask_a.sum() == lengths.sum()
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ent_a, ent_b, rtol=1e-12, atol=1e-12)
     grads_a = torch.autograd.grad(a.sum(), list(model.parameters()))

@@ -213,21 +213,28 @@ def test_config_validates_estimator_settings(tmp_path):
         MaxRLConfig(multi_objective_aggregation="normalize_then_sum", **common)
 
 
-def test_task_reward_flags_truncation():
+def test_task_reward_zeroes_truncated_completions_unchecked():
     from maxrl.tasks.base import Item
 
     class Echo:
         name = "echo"
+        seen: list[str] = []
 
-        def verify(self, items, completions, truncated=None):
-            return [float(t) for t in truncated]
+        def verify(self, items, completions):
+            self.seen.extend(completions)
+            return [1.0] * len(completions)
 
     items = [Item(id="a", prompt="p"), Item(id="b", prompt="q")]
-    reward = task_reward(Echo(), items, eos_token_ids=1)
+    task = Echo()
+    reward = task_reward(task, items, eos_token_ids=1, zero_reward_if_truncated=True)
     got = reward(["p", "q", "q"], ["x", "y", "z"], ["a", "b", "b"], [[5, 1], [5, 6], []])
-    assert got == [0.0, 1.0, 1.0]
+    assert got == [1.0, 0.0, 0.0]
+    assert task.seen == ["x"]  # truncated completions are not checked
+    assert task_reward(Echo(), items)(["p", "q"], ["x", "y"], ["a", "b"], [[5], [6]]) == [1.0, 1.0]
     with pytest.raises(ValueError, match="item_id 'c'"):
         reward(["p"], ["x"], ["c"], [[1]])
+    with pytest.raises(ValueError, match="needs eos_token_ids"):
+        task_reward(Echo(), items, zero_reward_if_truncated=True)
 
 
 def _free_port() -> int:

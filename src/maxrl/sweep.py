@@ -90,7 +90,8 @@ def run_config(cfg: SweepConfig, method: MethodSpec, n: int, seed: int, init: st
 
 
 def sweep(cfg: SweepConfig) -> dict:
-    from maxrl.train.common import quiet_transformers, set_threads
+    from maxrl.models.loading import quiet_transformers
+    from maxrl.seeding import set_threads
     from maxrl.train.rl import train
 
     set_threads(cfg.base.run.threads)

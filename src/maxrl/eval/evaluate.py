@@ -6,91 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from maxrl import passk
-from maxrl.rollout import SamplingParams, make_sampler
+from maxrl.groups import group_stats, make_rollout_sampler, sample_groups
+from maxrl.models.loading import stop_ids
+from maxrl.rollout import SamplingParams
+from maxrl.seeding import generator
 from maxrl.tasks.base import Item, Task
-from maxrl.train.common import encode_prompts, generator, safe_verify, stop_ids
-
-
-def make_rollout_sampler(backend: str, max_batch_size: int | None = None, model_path: str = ""):
-    if backend == "vllm":
-        return make_sampler("vllm", model=model_path)
-    if backend == "kv":
-        return make_sampler("kv", max_batch_size=max_batch_size)
-    return make_sampler(backend)
-
-
-@dataclass
-class SampledGroups:
-    """``n`` rollouts for each of several items, flattened item-major."""
-
-    items: list[Item]  # one per rollout
-    prompt_ids: list[list[int]]
-    response_ids: list[list[int]]
-    completions: list[str]
-    logprobs: torch.Tensor  # (B, T) sampling log-probabilities, 0 after the stop
-    lengths: torch.Tensor
-    truncated: torch.Tensor
-    rewards: torch.Tensor  # (B,)
-    verifier_errors: int = 0
-    group_size: int = 1
-    extras: dict = field(default_factory=dict)
-
-
-@torch.no_grad()
-def sample_groups(
-    model,
-    tokenizer,
-    task: Task,
-    items: list[Item],
-    n: int,
-    sampler,
-    params: SamplingParams,
-    gen: torch.Generator,
-    zero_reward_if_truncated: bool = False,
-) -> SampledGroups:
-    """Sample ``n`` rollouts per item and score them."""
-    prompts = encode_prompts(tokenizer, items)
-    flat_items = [it for it in items for _ in range(n)]
-    flat_prompts = [p for p in prompts for _ in range(n)]
-    was_training = model.training
-    model.eval()
-    out = sampler.generate(
-        model, flat_prompts, params, pad_token_id=tokenizer.pad_token_id, generator=gen
-    )
-    model.train(was_training)
-    lengths = out.lengths.tolist()
-    responses = [out.tokens[i, :length].tolist() for i, length in enumerate(lengths)]
-    completions = tokenizer.batch_decode(responses, skip_special_tokens=True)
-    rewards, errors = safe_verify(task, flat_items, completions)
-    rewards = torch.tensor(rewards, dtype=torch.float32)
-    if zero_reward_if_truncated:
-        rewards = torch.where(out.truncated, torch.zeros_like(rewards), rewards)
-    return SampledGroups(
-        flat_items,
-        flat_prompts,
-        responses,
-        completions,
-        out.logprobs,
-        out.lengths,
-        out.truncated,
-        rewards,
-        errors,
-        n,
-    )
-
-
-def group_stats(rewards: torch.Tensor, n: int) -> dict[str, float]:
-    """Fractions of all-fail and all-success groups, and the mean reward."""
-    r = rewards.reshape(-1, n)
-    solved = (r > 0).sum(1)
-    return {
-        "reward_mean": float(r.mean()),
-        "frac_all_fail": float((solved == 0).float().mean()),
-        "frac_all_success": float((solved == n).float().mean()),
-    }
 
 
 def evaluate(
@@ -109,10 +30,10 @@ def evaluate(
     groups = sample_groups(
         model, tokenizer, task, items, samples, sampler, params, generator(seed, step, "eval")
     )
-    correct = (groups.rewards.reshape(len(items), samples) > 0).sum(1).numpy()
+    correct = (groups.rewards > 0).sum(1).numpy()
     curve = passk.pass_at_k_curve(samples, correct)
     metrics = {f"eval/{k}": v for k, v in curve.as_dict().items()}
-    metrics.update({f"eval/{k}": v for k, v in group_stats(groups.rewards, samples).items()})
+    metrics.update({f"eval/{k}": v for k, v in group_stats(groups.rewards).items()})
     metrics["eval/response_length"] = float(groups.lengths.float().mean())
     metrics["eval/truncated_frac"] = float(groups.truncated.float().mean())
     metrics["eval/verifier_errors"] = groups.verifier_errors
@@ -165,8 +86,8 @@ def main(argv: list[str]) -> int:
     import json
 
     from maxrl.config import parse_cli
+    from maxrl.models.loading import load_policy
     from maxrl.tasks import make_task
-    from maxrl.train.common import load_policy
     from maxrl.train.config import TaskConfig
 
     cfg = parse_cli(EvalCommandConfig, argv, "eval", __doc__)

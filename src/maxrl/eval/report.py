@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from maxrl.train.common import read_metrics  # noqa: E402
+from maxrl.metrics import read_metrics  # noqa: E402
 
 _PASS = re.compile(r"^eval/pass@(\d+)$")
 

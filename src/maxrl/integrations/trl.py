@@ -30,7 +30,6 @@ over its rollouts of A_i * grad log pi(z_i), docs/integrations.md has the detail
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -187,30 +186,42 @@ def task_dataset(items: Sequence[Item]):
 
 
 def task_reward(
-    task: Task, items: Sequence[Item], eos_token_ids: Sequence[int] | int | None = None
+    task: Task,
+    items: Sequence[Item],
+    eos_token_ids: Sequence[int] | int | None = None,
+    zero_reward_if_truncated: bool = False,
 ) -> Callable[..., list[float]]:
     """A TRL reward function that scores completions with ``task.verify``.
 
-    It finds each completion's item through the ``item_id`` column of :func:`task_dataset`.
-    When ``eos_token_ids`` is given and ``task.verify`` accepts ``truncated=`` (as
-    :class:`maxrl.tasks.math.MathTask` does), a completion that does not end in one of them was
-    cut at ``max_completion_length`` and is flagged truncated.
+    It finds each completion's item through the ``item_id`` column of :func:`task_dataset`, and
+    scores through :func:`maxrl.groups.verify_rewards`: a verifier that raises scores that
+    completion 0. With ``zero_reward_if_truncated`` (the paper's GSM8K setting), a completion
+    that does not end in one of ``eos_token_ids`` was cut at ``max_completion_length`` and
+    scores 0 unchecked, the rule of the native trainer's ``rollout.zero_reward_if_truncated``.
     """
+    from maxrl.groups import verify_rewards
+
     by_id = {item.id: item for item in items}
     if isinstance(eos_token_ids, int):
         eos_token_ids = [eos_token_ids]
-    eos = None if eos_token_ids is None else set(eos_token_ids)
-    takes_truncated = "truncated" in inspect.signature(task.verify).parameters
+    if zero_reward_if_truncated and not eos_token_ids:
+        raise ValueError(
+            "zero_reward_if_truncated=True needs eos_token_ids (the ids a finished completion "
+            "ends with), e.g. eos_token_ids=tokenizer.eos_token_id"
+        )
+    eos = set(eos_token_ids or ())
 
     def reward(prompts, completions, item_id, completion_ids=None, **kwargs) -> list[float]:
         missing = [i for i in item_id if i not in by_id]
         if missing:
             raise ValueError(f"item_id {missing[0]!r} is not among the task items given")
         batch = [by_id[i] for i in item_id]
-        if eos is not None and takes_truncated and completion_ids is not None:
+        truncated = None
+        if zero_reward_if_truncated:
+            if completion_ids is None:
+                raise ValueError("TRL passed no completion_ids; cannot tell truncated ones")
             truncated = [not ids or ids[-1] not in eos for ids in completion_ids]
-            return task.verify(batch, completions, truncated=truncated)
-        return task.verify(batch, completions)
+        return verify_rewards(task, batch, completions, truncated)[0]
 
     reward.__name__ = f"{task.name}_reward"
     return reward

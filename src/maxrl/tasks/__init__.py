@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from maxrl.tasks.base import Item, Task
 
 
-def make_task(cfg, tokenizer=None) -> Task:
+def _h(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TaskConfig:
+    """Which task to train and evaluate on (the ``task`` section of ``maxrl train``)."""
+
+    name: str = _h("task: maze | math", "maze")
+    maze_size: int = _h("odd maze side length (the paper uses 17)", 9)
+    data: str = _h("math: training data (JSONL, parquet, or a `datasets` name or path)", "")
+    test_data: str = _h("math: held-out data (same formats)", "")
+    test_count: int = _h("held-out prompts for evaluation", 64)
+    verify_timeout: float = _h("math: seconds per answer check before it scores 0", 5.0)
+
+
+def make_task(cfg: TaskConfig, tokenizer=None) -> Task:
     """The task a ``TaskConfig`` names (imports each task's module only when used)."""
     if cfg.name == "maze":
         from maxrl.tasks.maze import MazeTask
@@ -14,20 +32,20 @@ def make_task(cfg, tokenizer=None) -> Task:
     if cfg.name == "math":
         from maxrl.tasks.math import MathTask
 
-        if not cfg.data:
+        if not cfg.data and not cfg.test_data:
             raise ValueError(
-                "task.name=math needs task.data=PATH (JSONL, parquet or a datasets path)"
+                "task.name=math needs task.data=PATH (JSONL, parquet or a datasets path) for "
+                "training, or task.test_data=PATH for evaluation alone"
             )
         # without held-out data, the last test_count training records are held out
         return MathTask.from_sources(
-            cfg.data,
+            cfg.data or None,
             cfg.test_data or None,
             tokenizer=tokenizer,
             timeout_s=cfg.verify_timeout,
             test_size=0 if cfg.test_data else cfg.test_count,
-            zero_truncated=False,
         )
     raise ValueError(f"unknown task {cfg.name!r}; choose maze or math")
 
 
-__all__ = ["Item", "Task", "make_task"]
+__all__ = ["Item", "Task", "TaskConfig", "make_task"]

@@ -24,9 +24,9 @@ also scores 0, with a counted warning. Scripts that use the task must guard thei
 with ``if __name__ == "__main__":`` because workers are started with ``spawn`` (``fork`` is
 unsafe once torch or CUDA threads exist).
 
-``MathTask.verify`` accepts an optional ``truncated`` flag per completion, an extension of the
-:class:`maxrl.tasks.base.Task` protocol: with ``zero_truncated=True`` (the paper's GSM8K
-setting) a completion cut at the maximum response length scores 0 without being checked.
+The paper's GSM8K setting scores 0 for a completion cut at the maximum response length: that
+rule is the trainer's (``rollout.zero_reward_if_truncated``, applied by
+:func:`maxrl.groups.verify_rewards` for every task), not the task's.
 """
 
 from __future__ import annotations
@@ -327,7 +327,8 @@ class MathTask:
     Train and test items come from different record lists, so they never share an id.
 
     Args:
-        train_records: GSM8K- or MATH-style records (see :func:`parse_record`).
+        train_records: GSM8K- or MATH-style records (see :func:`parse_record`); may be empty
+            when ``test_records`` are given (a task for evaluation only).
         test_records: held-out records; if None, the last ``test_size`` training records are
             held out instead.
         tokenizer: a tokenizer with a chat template; without one (or without a template) the
@@ -335,8 +336,6 @@ class MathTask:
         system_prompt: an optional system message for the chat template.
         name: the task name, the first part of every item id.
         test_size: records held out from ``train_records`` when ``test_records`` is None.
-        zero_truncated: score 0 for a completion flagged truncated (cut at the maximum response
-            length) without checking it.
         timeout_s: hard limit per answer check, in seconds.
         workers: answer-checking worker processes.
     """
@@ -350,10 +349,11 @@ class MathTask:
         system_prompt: str | None = None,
         name: str = "math",
         test_size: int = 0,
-        zero_truncated: bool = True,
         timeout_s: float = 5.0,
         workers: int = 1,
     ):
+        if not train_records and not test_records:
+            raise ValueError("train_records and test_records are empty; pass math records")
         if test_records is None:
             if not 0 <= test_size < len(train_records):
                 raise ValueError(
@@ -366,12 +366,9 @@ class MathTask:
             raise ValueError(
                 f"test_size={test_size} applies only without test_records; pass one or the other"
             )
-        if not train_records:
-            raise ValueError("train_records is empty; pass at least one math record")
         self.name = name
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
-        self.zero_truncated = zero_truncated
         self.checker = AnswerChecker(workers=workers, timeout_s=timeout_s)
         self._train = [self._make_item(r, "train", i) for i, r in enumerate(train_records)]
         self._test = [self._make_item(r, "test", i) for i, r in enumerate(test_records)]
@@ -379,16 +376,20 @@ class MathTask:
     @classmethod
     def from_sources(
         cls,
-        train: str | Path,
+        train: str | Path | None,
         test: str | Path | None = None,
         *,
         train_split: str = "train",
         test_split: str = "test",
         **kwargs: Any,
     ) -> MathTask:
-        """A task from data sources as accepted by :func:`load_records`."""
+        """A task from data sources as accepted by :func:`load_records` (``train=None``: a task
+        for evaluation only, on ``test``)."""
+        if train is None and test is None:
+            raise ValueError("give a training or a held-out data source (train=... or test=...)")
         test_records = None if test is None else load_records(test, test_split)
-        return cls(load_records(train, train_split), test_records, **kwargs)
+        train_records = [] if train is None else load_records(train, train_split)
+        return cls(train_records, test_records, **kwargs)
 
     def format_prompt(self, question: str) -> str:
         """The complete prompt text for one question."""
@@ -423,6 +424,11 @@ class MathTask:
         """``count`` items in a seeded order: shuffled passes over the training records."""
         if count < 0:
             raise ValueError(f"count must be >= 0; got {count}")
+        if count and not self._train:
+            raise ValueError(
+                f"the {self.name} task holds no training records (it was built for evaluation "
+                f"only); give training data (task.data=PATH)"
+            )
         rng = random.Random(seed)
         items: list[Item] = []
         while len(items) < count:
@@ -431,32 +437,11 @@ class MathTask:
             items.extend(self._train[i] for i in order[: count - len(items)])
         return items
 
-    def verify(
-        self,
-        items: Sequence[Item],
-        completions: Sequence[str],
-        truncated: Sequence[bool] | None = None,
-    ) -> list[float]:
-        """1.0 where a completion's final answer equals the item's gold answer, else 0.0.
-
-        ``truncated`` (optional, one flag per completion) marks completions cut at the maximum
-        response length; with ``zero_truncated`` they score 0 unchecked.
-        """
+    def verify(self, items: Sequence[Item], completions: Sequence[str]) -> list[float]:
+        """1.0 where a completion's final answer equals the item's gold answer, else 0.0."""
         if len(items) != len(completions):
             raise ValueError(f"got {len(items)} items but {len(completions)} completions")
-        if truncated is not None and len(truncated) != len(completions):
-            raise ValueError(
-                f"got {len(truncated)} truncated flags for {len(completions)} completions"
-            )
-        skip = [False] * len(items)
-        if truncated is not None and self.zero_truncated:
-            skip = [bool(flag) for flag in truncated]
-        todo = [i for i in range(len(items)) if not skip[i]]
-        scores = [0.0] * len(items)
-        checked = self.checker([(str(items[i].reference), completions[i]) for i in todo])
-        for i, score in zip(todo, checked):
-            scores[i] = score
-        return scores
+        return self.checker([(str(item.reference), c) for item, c in zip(items, completions)])
 
     def close(self) -> None:
         """Stop the answer-checking workers."""

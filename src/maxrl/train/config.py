@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from maxrl import advantages
+from maxrl.tasks import TaskConfig
 
 
 def _h(text: str, default: Any = None, factory=None):
@@ -32,16 +33,6 @@ class ModelConfig:
     dtype: str = _h("training dtype: float32 | bfloat16", "float32")
     gradient_checkpointing: bool = _h("recompute activations in backward to save memory", False)
     lora_rank: int = _h("train LoRA adapters of this rank through peft (0 = full fine-tuning)", 0)
-
-
-@dataclass
-class TaskConfig:
-    name: str = _h("task: maze | math", "maze")
-    maze_size: int = _h("odd maze side length (the paper uses 17)", 9)
-    data: str = _h("math: training data (JSONL, parquet, or a `datasets` name or path)", "")
-    test_data: str = _h("math: held-out data (same formats)", "")
-    test_count: int = _h("held-out prompts for evaluation", 64)
-    verify_timeout: float = _h("math: seconds per answer check before it scores 0", 5.0)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Supervised warm-start: next-token loss on the answer tokens only (MAXRL.md section 5).
+"""Supervised warm-start: next-token loss on the answer tokens only (docs/method.md).
 
 The paper trains its maze model with SFT before RL: AdamW (0.9, 0.95), weight decay 0.01, lr 5e-4,
 batch 32, gradient clip 1.0, 1500 steps, loss on answer tokens only. ``maxrl sft`` reads the same
@@ -8,30 +8,21 @@ config file as ``maxrl train`` and runs only this stage, into ``<run.out_dir>/sf
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from maxrl.config import parse_cli, save_config
-from maxrl.eval.evaluate import evaluator, make_rollout_sampler
+from maxrl.eval.evaluate import evaluator
+from maxrl.groups import encode_prompts, make_rollout_sampler
+from maxrl.metrics import MetricsLogger, Timer, read_metrics
+from maxrl.models.loading import build_policy, load_policy, quiet_transformers
+from maxrl.seeding import set_threads, step_seed
 from maxrl.tasks import make_task
-from maxrl.train.common import (
-    MetricsLogger,
-    Timer,
-    build_policy,
-    encode_prompts,
-    latest_checkpoint,
-    load_policy,
-    load_trainer_state,
-    lr_lambda,
-    quiet_transformers,
-    save_checkpoint,
-    set_threads,
-    step_seed,
-)
+from maxrl.train.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
 from maxrl.train.config import TrainConfig
+from maxrl.train.optim import adamw
 
 
 def sft_batch(tokenizer, items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,11 +56,15 @@ def run_sft(cfg: TrainConfig, out_dir: Path) -> Path:
     else:
         model, tokenizer = build_policy(cfg.model.preset, cfg.run.seed, cfg.model.dtype)
     task = make_task(cfg.task, tokenizer)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda("cosine", s.warmup_steps, s.steps, floor=0.1)
+    optimizer, scheduler = adamw(
+        model.parameters(),
+        lr=s.lr,
+        betas=s.betas,
+        weight_decay=s.weight_decay,
+        schedule="cosine",
+        warmup_steps=s.warmup_steps,
+        total_steps=s.steps,
+        floor=0.1,
     )
     start = 0
     if resume is not None:
@@ -131,11 +126,7 @@ def main(argv: list[str]) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     final = run_sft(cfg, out_dir)
-    evals = [
-        r
-        for r in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines())
-        if "eval/pass@1" in r
-    ]
+    evals = [r for r in read_metrics(out_dir / "metrics.jsonl") if "eval/pass@1" in r]
     if evals:
         print(
             f"SFT held-out pass@1: {evals[0]['eval/pass@1']:.3f} (step {evals[0]['step']}) -> "
