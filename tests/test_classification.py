@@ -1,8 +1,7 @@
-"""Classification as RL: the trainer's losses have the gradients MAXRL.md says, end to end."""
+"""Classification as RL: the trainer's losses have the gradients docs/method.md says, end to end."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,23 +9,28 @@ import numpy as np
 import pytest
 import torch
 
-from maxrl import objectives
+from maxrl import objectives, passk
 from maxrl.config import ConfigError, load_config
-from maxrl.tasks.classification import CompositeClassification, compose, load_arrays
+from maxrl.methods import MethodSpec
+from maxrl.metrics import read_metrics
+from maxrl.tasks.classification import (
+    CompositeClassification,
+    build_classifier,
+    compose,
+    label_rewards,
+    load_arrays,
+    sample_labels,
+)
 from maxrl.train.classify import (
     ClassifyConfig,
-    MethodSpec,
-    build_classifier,
     evaluate,
-    k_values,
-    label_rewards,
-    log_pass_at_k,
     main,
     method_loss,
     policy_gradient_loss,
     run,
-    sample_labels,
 )
+
+log_pass_at_k = passk.exact_log_pass_at_k
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -58,7 +62,7 @@ def _truncated_grad(logits: torch.Tensor, labels: torch.Tensor, order: int) -> t
     ("estimator", "params", "order"),
     [
         ("maxrl_t", {"T": 8}, 8),  # T = N: unbiased for J_N
-        ("maxrl", {}, 7),  # Algorithm 1: unbiased for J_{N-1} (MAXRL.md section 3)
+        ("maxrl", {}, 7),  # Algorithm 1: unbiased for J_{N-1} (docs/method.md, section 3)
         ("reinforce", {}, 1),  # expected reward
     ],
 )
@@ -73,7 +77,7 @@ def test_rl_loss_gradient_is_unbiased_for_truncated_objective(estimator, params,
     logits, labels = _fixed_logits()
     batch = logits.repeat(repeats, 1).requires_grad_(True)  # one row per (set, example)
     loss, _ = method_loss(
-        MethodSpec(estimator, samples, params),
+        MethodSpec(estimator=estimator, samples=samples, params=params),
         batch,
         labels.repeat(repeats),
         torch.Generator().manual_seed(1),
@@ -97,7 +101,7 @@ def test_cross_entropy_gradient_is_the_gradient_of_minus_log_p():
     torch.nn.init.normal_(model[-1].weight)  # leave the zero start so p differs per example
     x = torch.randn(9, 12, dtype=torch.float64)
     y = torch.randint(7, (9,))
-    loss, pass_rate = method_loss(MethodSpec("ce"), model(x), y, None)
+    loss, pass_rate = method_loss(MethodSpec(estimator="ce"), model(x), y, None)
     trainer_grads = torch.autograd.grad(loss, list(model.parameters()))
     p = torch.softmax(model(x), dim=-1).gather(1, y[:, None]).squeeze(1)
     direct_grads = torch.autograd.grad(-torch.log(p).mean(), list(model.parameters()))
@@ -119,9 +123,9 @@ def test_maxrl_with_many_samples_points_where_cross_entropy_does():
         loss, _ = method_loss(method, model(x), y, torch.Generator().manual_seed(0))
         return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
 
-    ce = flat_grad(MethodSpec("ce"))
-    maxrl = flat_grad(MethodSpec("maxrl", 4096))
-    reinforce = flat_grad(MethodSpec("reinforce", 4096))
+    ce = flat_grad(MethodSpec(estimator="ce"))
+    maxrl = flat_grad(MethodSpec(estimator="maxrl", samples=4096))
+    reinforce = flat_grad(MethodSpec(estimator="reinforce", samples=4096))
     cosine = torch.nn.functional.cosine_similarity
     assert cosine(maxrl, ce, dim=0) > 0.95
     # REINFORCE weights examples by p instead of 1: a visibly different direction.
@@ -156,20 +160,20 @@ def test_exact_pass_at_k_matches_the_direct_formula():
 
 def test_evaluate_reports_exact_test_metrics():
     logits, labels = _fixed_logits()
-    ks = k_values(16)
+    ks = passk.powers_of_two(16)
     assert ks == [1, 2, 4, 8, 16]
     metrics = evaluate(torch.nn.Identity(), logits, labels, ks)
     p = torch.softmax(logits, dim=-1)[torch.arange(4), labels]
     for k in ks:
         direct = 1 - (1 - p) ** k
-        assert metrics[f"test_pass@{k}"] == pytest.approx(direct.mean().item(), rel=1e-12)
-        assert metrics[f"test_neg_log_pass@{k}"] == pytest.approx(
+        assert metrics[f"eval/pass@{k}"] == pytest.approx(direct.mean().item(), rel=1e-12)
+        assert metrics[f"eval/neg_log_pass@{k}"] == pytest.approx(
             (-direct.log()).mean().item(), rel=1e-12
         )
-    assert metrics["test_mean_log_p"] == pytest.approx(p.log().mean().item(), rel=1e-12)
+    assert metrics["eval/mean_log_p"] == pytest.approx(p.log().mean().item(), rel=1e-12)
     top1 = (logits.argmax(-1) == labels).double().mean().item()
-    assert metrics["test_top1"] == top1
-    assert k_values(100)[-2:] == [64, 100]
+    assert metrics["eval/top1"] == top1
+    assert passk.powers_of_two(100)[-2:] == [64, 100]
 
 
 def test_shape_mismatches_raise():
@@ -233,7 +237,8 @@ def test_bad_data_raises(tmp_path):
         ("methods=[{estimator: maxrl_t, samples: 4, params: {T: 8}}]", "T=8 exceeds"),
         ("methods=[{estimator: grpo}]", "samples=0"),
         ("methods=[{estimator: ce, samples: 16}]", "ce samples no labels"),
-        ("methods=[{estimator: ce}, {estimator: ce}]", "two methods are named 'ce'"),
+        ("methods=[{estimator: ce}, {estimator: ce}]", "two methods are labelled 'ce'"),
+        ("methods=[{estimator: grpo, samples: 4, overrides: [a=1]}]", "apply to maxrl sweep"),
         ("seeds=[]", "seeds is empty"),
     ],
 )
@@ -263,28 +268,24 @@ def test_shipped_configs_name_the_methods_they_run():
     ]
 
 
-def _read(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_quick_config_runs_end_to_end(tmp_path, capsys):
     assert main([str(CONFIGS / "classify_quick.yaml"), f"out_dir={tmp_path}"]) == 0
     cfg = load_config(ClassifyConfig, CONFIGS / "classify_quick.yaml")
-    ks = k_values(cfg.max_k)
+    ks = passk.powers_of_two(cfg.max_k)
     assert ks[-1] == 1024
     for method in cfg.methods:
-        records = _read(tmp_path / f"{method.label}.jsonl")
+        records = read_metrics(tmp_path / method.label / "seed0" / "metrics.jsonl")
         assert [r["step"] for r in records] == [0, 20, 40]
         for record in records:
-            passes = [record[f"test_pass@{k}"] for k in ks]
+            passes = [record[f"eval/pass@{k}"] for k in ks]
             assert all(0.0 <= v <= 1.0 for v in passes)
             assert all(a <= b for a, b in zip(passes, passes[1:]))
-            assert 0.0 <= record["test_top1"] <= 1.0
+            assert 0.0 <= record["eval/top1"] <= 1.0
         # The zero output layer starts every example at chance, p = 1/100.
-        assert records[0]["test_pass@1"] == pytest.approx(0.01, rel=1e-9)
-        assert records[0]["test_mean_log_p"] == pytest.approx(-math.log(100), rel=1e-9)
-    ce = _read(tmp_path / "ce.jsonl")
-    assert ce[-1]["test_pass@1"] > 0.05  # cross-entropy learns within 40 steps
+        assert records[0]["eval/pass@1"] == pytest.approx(0.01, rel=1e-9)
+        assert records[0]["eval/mean_log_p"] == pytest.approx(-math.log(100), rel=1e-9)
+    ce = read_metrics(tmp_path / "ce" / "seed0" / "metrics.jsonl")
+    assert ce[-1]["eval/pass@1"] > 0.05  # cross-entropy learns within 40 steps
     summary = (tmp_path / "summary.md").read_text()
     assert all(f"| {m.label} |" in summary for m in cfg.methods)
     assert summary in capsys.readouterr().out
@@ -306,11 +307,12 @@ def test_runs_are_deterministic_in_the_seed(tmp_path):
     second = load_config(ClassifyConfig, CONFIGS / "classify_quick.yaml", overrides)
     second.out_dir = str(tmp_path / "b")
 
-    def strip(records):
-        return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
+    def strip(by_seed):
+        return {
+            seed: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in records]
+            for seed, records in by_seed.items()
+        }
 
     a, b = strip(run(first)["maxrl_N8"]), strip(run(second)["maxrl_N8"])
     assert a == b
-    seed0 = [r for r in a if r["seed"] == 0]
-    seed1 = [r for r in a if r["seed"] == 1]
-    assert seed0[-1]["test_pass@1"] != seed1[-1]["test_pass@1"]
+    assert a[0][-1]["eval/pass@1"] != a[1][-1]["eval/pass@1"]

@@ -1,4 +1,4 @@
-r"""Exact population quantities of a pass rate p (MAXRL.md section 2).
+r"""Exact population quantities of a pass rate p (docs/method.md, section 2).
 
 Every function takes scalars, NumPy arrays or torch tensors (torch results stay differentiable,
 so the exact gradient of an objective is one ``backward`` away).
@@ -84,6 +84,20 @@ def pass_at_k(p: Array, k: int) -> Array:
     _check_p(x)
     xp = _xp(x)
     return _out(-xp.expm1(k * xp.log1p(-x)), p)
+
+
+@_quiet
+def log_pass_at_k(log_p: Array, k: int) -> Array:
+    """log pass@k = log(1 - (1 - p)^k) from log p, finite even where p underflows to 0 (there
+    it is log k + log p, to every printed digit)."""
+    _check_order("k", k)
+    x = _as_array(log_p)
+    xp = _xp(x)
+    if bool((x > 0).any()):
+        raise ValueError(f"log p must be <= 0; got {x[x > 0].flatten()[0].item()!r}")
+    p = xp.exp(x)
+    direct = xp.log(-xp.expm1(k * xp.log1p(-p)))
+    return _out(xp.where(p > 0, direct, x + math.log(k)), log_p)
 
 
 @_quiet

@@ -1,9 +1,10 @@
-r"""Evaluating pass@k (MAXRL.md section 4).
+r"""Evaluating pass@k (docs/method.md, section 4).
 
 - :func:`pass_at_k`: the unbiased estimate from n samples with c correct (Chen et al. 2021),
   pass@k = 1 - C(n-c, k) / C(n, k), computed in log space so that n in the tens of thousands
   keeps full precision. Never the bootstrap estimate: it is biased.
-- :func:`exact_pass_at_k`: 1 - (1 - p)^k for a known pass rate (classification).
+- :func:`exact_pass_at_k`: 1 - (1 - p)^k for a known pass rate (classification), and
+  :func:`exact_log_pass_at_k` its log from log p.
 - :func:`pass_at_k_curve`: mean pass@k over prompts and -log of it for k = 1, 2, 4, ..., n.
 - :func:`sample_efficiency`: k_B(q) / k_A(q) at coverage q, with k_X(q) the smallest k at which
   curve X reaches q, interpolated linearly in log k.
@@ -22,6 +23,7 @@ __all__ = [
     "pass_at_k",
     "neg_log_pass_at_k",
     "exact_pass_at_k",
+    "exact_log_pass_at_k",
     "powers_of_two",
     "PassAtKCurve",
     "pass_at_k_curve",
@@ -90,6 +92,11 @@ def neg_log_pass_at_k(n, c, k):
 def exact_pass_at_k(p, k: int):
     """pass@k = 1 - (1 - p)^k for a known pass rate p (scalars, arrays or tensors)."""
     return objectives.pass_at_k(p, k)
+
+
+def exact_log_pass_at_k(log_p, k: int):
+    """log pass@k for a known pass rate given as log p, finite where p underflows."""
+    return objectives.log_pass_at_k(log_p, k)
 
 
 def powers_of_two(n: int) -> list[int]:

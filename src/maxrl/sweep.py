@@ -1,4 +1,4 @@
-"""``maxrl sweep``: estimators x rollouts per prompt x seeds from one config (the paper's Fig. 3).
+"""``maxrl sweep``: methods x rollouts per prompt x seeds from one config (the paper's Fig. 3).
 
 Every run of the grid starts from the same SFT checkpoint (made once, or ``base.model.init``)
 with the same step budget, so more rollouts per prompt means more training rollouts. Runs live
@@ -18,27 +18,22 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from maxrl import advantages, passk
-from maxrl.config import parse_cli, save_config
+from maxrl import passk
+from maxrl.config import ConfigError, parse_cli, save_config
+from maxrl.eval.plots import curve_of, plot_passk, plot_vs_rollouts
+from maxrl.eval.report import mean_sd
+from maxrl.methods import MethodSpec, check_unique, resolve_params
 from maxrl.train.config import TrainConfig
 
-
-@dataclass
-class MethodSpec:
-    name: str = field(default="maxrl", metadata={"help": "label of the method in tables"})
-    estimator: str = field(default="maxrl", metadata={"help": "advantage estimator"})
-    params: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={"help": "estimator parameters; T or k may be 'N' or 'N/<d>' (of the group size)"},
-    )
+__all__ = ["MethodSpec", "SweepConfig", "main", "resolve_params", "run_config", "summarise"]
 
 
 def _default_methods() -> list[MethodSpec]:
-    return [MethodSpec("maxrl", "maxrl"), MethodSpec("grpo", "grpo"), MethodSpec("rloo", "rloo")]
+    return [MethodSpec(name=name, estimator=name) for name in ("maxrl", "grpo", "rloo")]
 
 
 @dataclass
@@ -56,35 +51,39 @@ class SweepConfig:
     target: str = field(default="maxrl", metadata={"help": "method whose efficiency is reported"})
 
     def validate(self) -> None:
-        names = [m.name for m in self.methods]
-        if len(set(names)) != len(names):
-            raise ValueError(f"method names must be unique; got {names}")
-        for m in self.methods:
-            for n in self.rollouts:
-                advantages.validate_params(m.estimator, n, **resolve_params(m.params, n))
+        check_unique(self.methods)
         if not self.seeds or not self.rollouts:
             raise ValueError("seeds and rollouts must each list at least one value")
-
-
-def resolve_params(params: dict, n: int) -> dict:
-    """Turn 'N' and 'N/<d>' into numbers for a group of ``n``."""
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, str) and value.startswith("N"):
-            div = int(value.split("/")[1]) if "/" in value else 1
-            value = max(1, n // div)
-        out[key] = value
-    return out
+        for m in self.methods:
+            if m.samples:
+                raise ValueError(
+                    f"method {m.label!r}: samples={m.samples} applies to maxrl classify; a "
+                    f"sweep's rollouts list sets N"
+                )
+            for n in self.rollouts:
+                run_config(self, m, n, self.seeds[0], self.base.model.init or "<sft>")
 
 
 def run_config(cfg: SweepConfig, method: MethodSpec, n: int, seed: int, init: str) -> TrainConfig:
+    """The ``TrainConfig`` of one run of the grid (validated)."""
     run = copy.deepcopy(cfg.base)
+    if method.overrides:
+        try:
+            merged = OmegaConf.merge(
+                OmegaConf.structured(run), OmegaConf.from_dotlist(list(method.overrides))
+            )
+            run = OmegaConf.to_object(merged)
+        except Exception as exc:
+            raise ConfigError(
+                f"method {method.label!r}: bad overrides {method.overrides}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
     run.model.init = init
     run.algo.estimator = method.estimator
-    run.algo.params = resolve_params(method.params, n)
+    run.algo.params = method.params_for(n)
     run.rollout.rollouts_per_prompt = n
     run.run.seed = seed
-    run.run.out_dir = str(Path(cfg.out_dir) / method.name / f"N{n}" / f"seed{seed}")
+    run.run.out_dir = str(Path(cfg.out_dir) / method.label / f"N{n}" / f"seed{seed}")
     run.validate()
     return run
 
@@ -109,7 +108,7 @@ def sweep(cfg: SweepConfig) -> dict:
         run = run_config(cfg, method, n, seed, init)
         if (Path(run.run.out_dir) / "summary.json").exists():
             continue
-        print(f"[{i}/{len(grid)}] {method.name} N={n} seed={seed}", flush=True)
+        print(f"[{i}/{len(grid)}] {method.label} N={n} seed={seed}", flush=True)
         train(run)
     return summarise(cfg)
 
@@ -129,53 +128,43 @@ def _start_evals(out: Path, cfg: SweepConfig) -> list[dict]:
 
 
 def summarise(cfg: SweepConfig) -> dict:
-    from maxrl.eval.report import curve_of
-
     out = Path(cfg.out_dir)
     results: dict[str, dict[int, list[dict]]] = {}
     for m in cfg.methods:
         for n in cfg.rollouts:
-            runs = [out / m.name / f"N{n}" / f"seed{s}" for s in cfg.seeds]
+            runs = [out / m.label / f"N{n}" / f"seed{s}" for s in cfg.seeds]
             done = [_final_eval(r) for r in runs if (r / "summary.json").exists()]
             if done:
-                results.setdefault(m.name, {})[n] = done
+                results.setdefault(m.label, {})[n] = done
     if not results:
         raise ValueError(f"no finished runs under {out}")
     any_record = next(iter(next(iter(results.values())).values()))[0]
     ks, _ = curve_of(any_record)
     k_big = ks[-1]
+    keys = (
+        "eval/pass@1",
+        f"eval/pass@{k_big}",
+        "eval/neg_log_pass@1",
+        f"eval/neg_log_pass@{k_big}",
+    )
     lines = [
         f"| method | N | seeds | pass@1 | pass@{k_big} | -log pass@1 | -log pass@{k_big} |",
         "|---|---|---|---|---|---|---|",
     ]
     table = {}
     starts = _start_evals(out, cfg)
-    if starts:
-        results_with_start = {"(start: SFT model)": {0: starts}, **results}
-    else:
-        results_with_start = results
-    for name, by_n in results_with_start.items():
+    with_start = {"(start: SFT model)": {0: starts}, **results} if starts else results
+    for name, by_n in with_start.items():
         for n, recs in sorted(by_n.items()):
-            row = {}
-            for key in (
-                "eval/pass@1",
-                f"eval/pass@{k_big}",
-                "eval/neg_log_pass@1",
-                f"eval/neg_log_pass@{k_big}",
-            ):
-                vals = np.array([r[key] for r in recs], dtype=float)
-                with np.errstate(invalid="ignore"):  # -log 0 = inf in a never-solved run
-                    spread = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-                row[key] = (float(vals.mean()), spread)
+            row = {key: mean_sd(r[key] for r in recs) for key in keys}
             table[f"{name}/N{n}"] = {"seeds": len(recs), **row}
-            cells = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in row.values())
+            cells = " | ".join(f"{m:.3f} ± {sd:.3f}" for m, sd in row.values())
             lines.append(f"| {name} | {n} | {len(recs)} | {cells} |")
     n_max = max(cfg.rollouts)
     curves = {}
     for name, by_n in results.items():
         if n_max in by_n:
-            recs = by_n[n_max]
-            values = np.mean([curve_of(r)[1] for r in recs], axis=0)
+            values = np.mean([curve_of(r)[1] for r in by_n[n_max]], axis=0)
             curves[name] = passk.PassAtKCurve(tuple(ks), tuple(float(v) for v in values))
     factor = None
     if cfg.target in curves and cfg.baseline in curves:
@@ -199,36 +188,22 @@ def summarise(cfg: SweepConfig) -> dict:
             default=lambda x: None if isinstance(x, float) and math.isnan(x) else x,
         )
     )
-    _plots(out, results, ks, curves, n_max)
-    return {"table": text, "factor": factor, "results": table}
-
-
-def _plots(out: Path, results, ks, curves, n_max) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, k in zip(axes, (1, ks[-1])):
-        for name, by_n in results.items():
-            ns = sorted(by_n)
-            vals = [[r[f"eval/neg_log_pass@{k}"] for r in by_n[n]] for n in ns]
-            mean = [float(np.mean(v)) for v in vals]
-            with np.errstate(invalid="ignore"):
-                err = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in vals]
-            ax.errorbar(ns, mean, yerr=err, marker="o", capsize=3, label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("rollouts per prompt (same steps)")
-        ax.set_ylabel(f"-log pass@{k}")
-        ax.set_title(f"held-out -log pass@{k} (mean ± sd over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "neg_log_pass_vs_rollouts.png", dpi=120)
-    plt.close(fig)
-    from maxrl.eval.report import plot_passk
-
+    plot_vs_rollouts(
+        out / "neg_log_pass_vs_rollouts.png",
+        [
+            (
+                f"held-out -log pass@{k} (mean ± sd over seeds)",
+                f"-log pass@{k}",
+                {
+                    name: {
+                        n: [r[f"eval/neg_log_pass@{k}"] for r in recs] for n, recs in by_n.items()
+                    }
+                    for name, by_n in results.items()
+                },
+            )
+            for k in (1, k_big)
+        ],
+    )
     plot_passk(
         out / "pass_at_k_curves.png",
         {
@@ -237,6 +212,7 @@ def _plots(out: Path, results, ks, curves, n_max) -> None:
         },
         title=f"held-out pass@k after RL, N={n_max} (mean over seeds)",
     )
+    return {"table": text, "factor": factor, "results": table}
 
 
 def main(argv: list[str]) -> int:

@@ -1,26 +1,34 @@
 """The end of a run: a before/after table and PNG plots, made from ``metrics.jsonl`` alone (so a
-resumed run reports exactly what an uninterrupted one would)."""
+resumed run reports exactly what an uninterrupted one would); and the mean and spread over seeds
+that every comparison table reports."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from maxrl.metrics import read_metrics  # noqa: E402
-
-_PASS = re.compile(r"^eval/pass@(\d+)$")
+from maxrl.eval.plots import curve_of, plot_passk, plot_vs_step
+from maxrl.metrics import read_metrics
 
 
-def curve_of(record: dict) -> tuple[list[int], list[float]]:
-    """(ks, pass@k) from one evaluation record."""
-    pairs = sorted((int(m.group(1)), v) for k, v in record.items() if (m := _PASS.match(k)))
-    return [k for k, _ in pairs], [v for _, v in pairs]
+def mean_sd(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value). An infinite value
+    (e.g. -log 0) makes the mean inf and the spread nan."""
+    vals = np.asarray(list(values), dtype=float)
+    with np.errstate(invalid="ignore"):
+        spread = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    return float(vals.mean()), spread
+
+
+def mean_sd_cell(values, digits: int = 3) -> str:
+    """``mean ± sd`` over seeds (just the mean for one seed)."""
+    values = list(values)
+    mean, spread = mean_sd(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
 def write_report(out_dir: str | Path, last: dict | None = None) -> dict:
@@ -61,42 +69,17 @@ def write_report(out_dir: str | Path, last: dict | None = None) -> dict:
         out_dir / "pass_at_k.png",
         {f"step {before['step']}": before, f"step {after['step']}": after},
     )
-    plot_training(out_dir / "training.png", records)
-    return summary
-
-
-def plot_passk(path: Path, records: dict[str, dict], title: str = "held-out pass@k") -> None:
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for label, record in records.items():
-        ks, values = curve_of(record)
-        ax.plot(ks, values, marker="o", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k")
-    ax.set_ylabel("pass@k")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_training(path: Path, records: list[dict]) -> None:
     panels = [
         ("train/reward_mean", "train reward"),
         ("eval/pass@1", "held-out pass@1"),
         ("train/entropy", "entropy"),
         ("train/frac_all_fail", "all-fail groups"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (key, title) in zip(axes, panels):
-        pts = [(r["step"], r[key]) for r in records if key in r]
-        if pts:
-            ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_vs_step(
+        out_dir / "training.png",
+        [
+            (title, "", {"": [(r["step"], r[key]) for r in records if key in r]})
+            for key, title in panels
+        ],
+    )
+    return summary

@@ -1,7 +1,7 @@
 """``maxrl classify``: classification as RL, where exact maximum likelihood is cross-entropy.
 
-The small-scale version of the paper's ImageNet experiment (MAXRL.md section 5). The policy is a
-softmax classifier (an MLP trained from scratch on composite digit tuples, see
+The small-scale version of the paper's ImageNet experiment (docs/method.md, section 5). The
+policy is a softmax classifier (an MLP trained from scratch on composite digit tuples, see
 ``maxrl.tasks.classification``); an action is a sampled label with reward 1 if it is the true
 label, so the pass rate of an example is exactly p = softmax probability of its true class and
 pass@k = 1 - (1 - p)^k is known without sampling. Every method sees the same batches of examples
@@ -18,73 +18,48 @@ importance ratio and no clipping; no KL term, no entropy bonus. The default opti
 paper's SGD with momentum 0.9 and lr 0.1; on SGD the size of each method's gradient matters, which
 is the whole effect (REINFORCE's gradient is p times the CE gradient).
 
-Outputs in ``out_dir``: ``METHOD.jsonl`` (one line per evaluation and seed), ``summary.md`` (the
-final table, also printed), ``pass1_vs_step.png``, ``passk_vs_k.png`` and ``config.yaml``.
+Outputs in ``out_dir``: ``<method>/seed<s>/metrics.jsonl`` (one record per evaluation, as
+``maxrl train`` writes them), ``summary.md`` (the final table, mean ± sd over seeds, also
+printed), ``pass1_vs_step.png``, ``passk_vs_k.png`` and ``config.yaml``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maxrl import objectives
-from maxrl.advantages import compute as compute_advantages
-from maxrl.advantages import validate_params
+from maxrl import advantages, passk
 from maxrl.config import ConfigError, parse_cli, save_config
-from maxrl.tasks.classification import CompositeClassification
+from maxrl.eval.plots import plot_passk, plot_vs_step
+from maxrl.eval.report import mean_sd_cell
+from maxrl.methods import CROSS_ENTROPY, MethodSpec, check_unique
+from maxrl.metrics import MetricsLogger, read_metrics
+from maxrl.seeding import generator, step_seed
+from maxrl.tasks.classification import (
+    CompositeClassification,
+    build_classifier,
+    label_rewards,
+    sample_labels,
+)
 
-CROSS_ENTROPY = "ce"
-
-
-@dataclass
-class MethodSpec:
-    """One training method of the comparison."""
-
-    estimator: str = field(
-        default=CROSS_ENTROPY,
-        metadata={"help": "'ce' for cross-entropy, else a maxrl.advantages estimator name"},
-    )
-    samples: int = field(
-        default=0, metadata={"help": "labels sampled per example, N (0 for ce, >= 1 otherwise)"}
-    )
-    params: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={"help": "extra estimator parameters, e.g. {T: 16} for maxrl_t"},
-    )
-    name: str = field(
-        default="",
-        metadata={"help": "label in files and plots; empty = estimator_N<samples>[_param<v>]"},
-    )
-
-    @property
-    def label(self) -> str:
-        if self.name:
-            return self.name
-        if self.estimator == CROSS_ENTROPY:
-            return CROSS_ENTROPY
-        extras = "".join(f"_{key}{value}" for key, value in sorted(self.params.items()))
-        return f"{self.estimator}_N{self.samples}{extras}"
+__all__ = ["ClassifyConfig", "MethodSpec", "evaluate", "main", "method_loss", "run"]
 
 
 def _default_methods() -> list[MethodSpec]:
     """The paper's ImageNet set: MaxRL at 16 / 128 / 1024 labels, GRPO and REINFORCE at 1024."""
     return [
-        MethodSpec(CROSS_ENTROPY),
-        MethodSpec("maxrl", 16),
-        MethodSpec("maxrl", 128),
-        MethodSpec("maxrl", 1024),
-        MethodSpec("grpo", 1024),
-        MethodSpec("reinforce", 1024),
+        MethodSpec(estimator=CROSS_ENTROPY),
+        MethodSpec(estimator="maxrl", samples=16),
+        MethodSpec(estimator="maxrl", samples=128),
+        MethodSpec(estimator="maxrl", samples=1024),
+        MethodSpec(estimator="grpo", samples=1024),
+        MethodSpec(estimator="reinforce", samples=1024),
     ]
 
 
@@ -134,23 +109,15 @@ class ClassifyConfig:
         metadata={"help": "training seeds (model init, batches, sampled labels)"},
     )
     threads: int = field(default=1, metadata={"help": "torch CPU threads while training"})
+    tensorboard: bool = field(default=False, metadata={"help": "also log to TensorBoard"})
     out_dir: str = field(
         default="runs/classify", metadata={"help": "where metrics, summary and plots go"}
     )
 
     def validate(self) -> None:
-        positive = {
-            "arity": self.arity,
-            "test_size": self.test_size,
-            "batch_size": self.batch_size,
-            "steps": self.steps,
-            "eval_every": self.eval_every,
-            "max_k": self.max_k,
-            "threads": self.threads,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key}={value} must be >= 1")
+        for key in ("arity", "test_size", "batch_size", "steps", "eval_every", "max_k", "threads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"lr={self.lr} must be > 0")
         if self.optimizer not in ("sgd", "adam"):
@@ -161,19 +128,18 @@ class ClassifyConfig:
             raise ConfigError("methods is empty; list at least one, e.g. methods=[{estimator: ce}]")
         if not self.seeds:
             raise ConfigError("seeds is empty; give at least one, e.g. seeds=[0]")
-        labels = [method.label for method in self.methods]
-        for method, label in zip(self.methods, labels):
-            if labels.count(label) > 1:
-                raise ConfigError(f"two methods are named {label!r}; give them distinct names")
-            if not re.fullmatch(r"[A-Za-z0-9_.=+-]+", label):
-                raise ConfigError(
-                    f"method name {label!r} must use only letters, digits and _.=+- (a file name)"
-                )
+        for method in self.methods:
             _check_method(method)
+        try:
+            check_unique(self.methods)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _check_method(method: MethodSpec) -> None:
     """Fail at start-up, not mid-run, on an unknown estimator or bad parameters."""
+    if method.overrides:
+        raise ConfigError(f"method {method.label!r}: overrides apply to maxrl sweep, not classify")
     if method.estimator == CROSS_ENTROPY:
         if method.samples or method.params:
             raise ConfigError(
@@ -186,48 +152,12 @@ def _check_method(method: MethodSpec) -> None:
             "sampled labels per example"
         )
     try:
-        validate_params(method.estimator, method.samples, **method.params)
+        method.validate(method.samples)
     except ValueError as exc:
-        raise ConfigError(f"method {method.label!r}: {exc}") from exc
-
-
-# -- model ------------------------------------------------------------------------------------
-
-
-def build_classifier(input_dim: int, hidden_sizes: Sequence[int], num_classes: int) -> nn.Module:
-    """An MLP whose output layer starts at zero, so every example starts at p = 1/num_classes.
-
-    The zero output layer makes the starting pass rate exactly chance, the regime the paper's
-    from-scratch ImageNet run starts in, rather than a seed-dependent spread around it.
-    """
-    layers: list[nn.Module] = []
-    width = input_dim
-    for hidden in hidden_sizes:
-        layers += [nn.Linear(width, hidden), nn.ReLU()]
-        width = hidden
-    head = nn.Linear(width, num_classes)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    return nn.Sequential(*layers, head)
+        raise ConfigError(str(exc)) from None
 
 
 # -- losses -----------------------------------------------------------------------------------
-
-
-def sample_labels(logits: Tensor, samples: int, generator: torch.Generator | None) -> Tensor:
-    """``samples`` labels per row drawn from softmax(logits): (B, samples) int64, one call."""
-    probs = torch.softmax(logits.detach().float(), dim=-1)
-    return torch.multinomial(probs, samples, replacement=True, generator=generator)
-
-
-def label_rewards(actions: Tensor, labels: Tensor) -> Tensor:
-    """Reward 1 where a sampled label (B, N) equals the example's true label (B,), else 0."""
-    if actions.ndim != 2 or labels.ndim != 1 or actions.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"actions must be (B, N) and labels (B,) with the same B; got actions "
-            f"{tuple(actions.shape)} and labels {tuple(labels.shape)}"
-        )
-    return (actions == labels[:, None]).to(torch.float32)
 
 
 def policy_gradient_loss(logits: Tensor, actions: Tensor, advantages: Tensor) -> Tensor:
@@ -251,52 +181,48 @@ def policy_gradient_loss(logits: Tensor, actions: Tensor, advantages: Tensor) ->
 
 
 def method_loss(
-    method: MethodSpec, logits: Tensor, labels: Tensor, generator: torch.Generator | None
+    method: MethodSpec,
+    logits: Tensor,
+    labels: Tensor,
+    generator: torch.Generator | None,
+    estimator: advantages.PreparedEstimator | None = None,
 ) -> tuple[Tensor, float]:
     """The method's training loss on a batch, and the mean reward of its sampled labels.
 
     For ``ce`` the second value is the mean pass rate p itself (what the reward estimates).
+    ``estimator`` is the method's prepared estimator (prepared here when None).
     """
     if method.estimator == CROSS_ENTROPY:
         loss = F.cross_entropy(logits, labels)
         pass_rate = torch.exp(-F.cross_entropy(logits.detach(), labels, reduction="none"))
         return loss, pass_rate.mean().item()
+    if estimator is None:
+        estimator = advantages.prepare(method.estimator, method.samples, **method.params)
     actions = sample_labels(logits, method.samples, generator)
     rewards = label_rewards(actions, labels)
-    advantages = compute_advantages(method.estimator, rewards, **method.params)
-    return policy_gradient_loss(logits, actions, advantages), rewards.mean().item()
+    return policy_gradient_loss(logits, actions, estimator(rewards)), rewards.mean().item()
 
 
 # -- evaluation -------------------------------------------------------------------------------
 
 
-def k_values(max_k: int) -> list[int]:
-    """1, 2, 4, ... up to ``max_k`` (``max_k`` itself included)."""
-    ks = [2**i for i in range(max_k.bit_length()) if 2**i <= max_k]
-    return ks if ks[-1] == max_k else ks + [max_k]
-
-
-def log_pass_at_k(log_p: Tensor, k: int) -> Tensor:
-    """log(1 - (1 - p)^k) from log p, finite even where p underflows (then it is log k + log p)."""
-    log_p = log_p.double()
-    p = log_p.exp()
-    direct = torch.log(objectives.pass_at_k(p, k))
-    return torch.where(p > 0, direct, log_p + math.log(k))
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, features: Tensor, labels: Tensor, ks: Sequence[int]) -> dict:
-    """Exact test metrics: pass@k and mean -log pass@k for each k, mean log p, top-1 accuracy."""
+    """Exact test metrics: pass@k and mean -log pass@k for each k, mean log p, top-1 accuracy.
+
+    The pass rate of an example is the softmax probability of its true label, so pass@k =
+    1 - (1 - p)^k exactly (:func:`maxrl.passk.exact_log_pass_at_k`), with no sampling.
+    """
     logits = model(features)
     log_p = torch.log_softmax(logits.double(), dim=-1).gather(1, labels[:, None]).squeeze(1)
     metrics = {
-        "test_top1": (logits.argmax(dim=-1) == labels).double().mean().item(),
-        "test_mean_log_p": log_p.mean().item(),
+        "eval/top1": (logits.argmax(dim=-1) == labels).double().mean().item(),
+        "eval/mean_log_p": log_p.mean().item(),
     }
     for k in ks:
-        log_pass = log_pass_at_k(log_p, k)
-        metrics[f"test_pass@{k}"] = log_pass.exp().mean().item()
-        metrics[f"test_neg_log_pass@{k}"] = (-log_pass).mean().item()
+        log_pass = passk.exact_log_pass_at_k(log_p, k)
+        metrics[f"eval/pass@{k}"] = log_pass.exp().mean().item()
+        metrics[f"eval/neg_log_pass@{k}"] = (-log_pass).mean().item()
     return metrics
 
 
@@ -311,46 +237,62 @@ def make_optimizer(cfg: ClassifyConfig, params) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def run_dir(cfg: ClassifyConfig, method: MethodSpec, seed: int) -> Path:
+    return Path(cfg.out_dir) / method.label / f"seed{seed}"
+
+
 def train_method(
     cfg: ClassifyConfig, task: CompositeClassification, method: MethodSpec, seed: int
 ) -> list[dict]:
-    """Train one method from scratch with one seed; the metrics of every evaluation."""
-    torch.manual_seed(seed)
-    model = build_classifier(task.input_dim, cfg.hidden_sizes, task.num_classes)
+    """Train one method from scratch with one seed into ``run_dir``; return its evaluations.
+
+    The model's initialisation, the batches and the sampled labels each come from their own
+    stream of ``maxrl.seeding`` (seed, stream name), so every method sees the same batches for a
+    seed, whatever it samples.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(step_seed(seed, 0, "init"))
+        model = build_classifier(task.input_dim, cfg.hidden_sizes, task.num_classes)
     optimizer = make_optimizer(cfg, model.parameters())
-    # Separate streams: every method sees the same batches for a seed, whatever it samples.
-    batch_gen = torch.Generator().manual_seed(seed)
-    label_gen = torch.Generator().manual_seed(seed + 1_000_003)
+    batch_gen = generator(seed, 0, "batches")
+    label_gen = generator(seed, 0, "labels")
+    estimator = None
+    if method.estimator != CROSS_ENTROPY:
+        estimator = advantages.prepare(method.estimator, method.samples, **method.params)
     test_x, test_y = task.test_set()
-    ks = k_values(cfg.max_k)
-    records = [{"step": 0, "seed": seed, **evaluate(model, test_x, test_y, ks)}]
+    ks = passk.powers_of_two(cfg.max_k)
+    out = run_dir(cfg, method, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    logger = MetricsLogger(out, cfg.tensorboard)
+    logger.log(0, evaluate(model, test_x, test_y, ks))
     losses, rewards = [], []
     start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         x, y = task.train_batch(cfg.batch_size, batch_gen)
-        loss, reward = method_loss(method, model(x), y, label_gen)
+        loss, reward = method_loss(method, model(x), y, label_gen, estimator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
         rewards.append(reward)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            records.append(
-                {
-                    "step": step,
-                    "seed": seed,
-                    "train_loss": sum(losses) / len(losses),
-                    "train_reward": sum(rewards) / len(rewards),
-                    "wall_s": time.perf_counter() - start,
-                    **evaluate(model, test_x, test_y, ks),
-                }
-            )
+            record = {
+                "train/loss": sum(losses) / len(losses),
+                "train/reward_mean": sum(rewards) / len(rewards),
+                "time/wall_s": time.perf_counter() - start,
+                **evaluate(model, test_x, test_y, ks),
+            }
+            logger.log(step, record)
             losses, rewards = [], []
-    return records
+    logger.close()
+    return read_metrics(out / "metrics.jsonl")
 
 
-def run(cfg: ClassifyConfig) -> dict[str, list[dict]]:
-    """Train every method with every seed; write metrics, summary and plots; return metrics."""
+def run(cfg: ClassifyConfig) -> dict[str, dict[int, list[dict]]]:
+    """Train every method with every seed; write metrics, summary and plots.
+
+    Returns {method label: {seed: evaluation records}}.
+    """
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -364,22 +306,19 @@ def run(cfg: ClassifyConfig) -> dict[str, list[dict]]:
     )
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    results: dict[str, list[dict]] = {}
+    results: dict[str, dict[int, list[dict]]] = {}
+    k = cfg.max_k
     try:
         for method in cfg.methods:
-            records = []
+            results[method.label] = {}
             for seed in cfg.seeds:
-                records += train_method(cfg, task, method, seed)
+                records = train_method(cfg, task, method, seed)
+                results[method.label][seed] = records
                 last = records[-1]
                 print(
-                    f"{method.label:<20} seed {seed}: pass@1 {last['test_pass@1']:.4f}  "
-                    f"pass@{cfg.max_k} {last[f'test_pass@{cfg.max_k}']:.4f}  "
-                    f"{last['wall_s']:.1f} s"
+                    f"{method.label:<20} seed {seed}: pass@1 {last['eval/pass@1']:.4f}  "
+                    f"pass@{k} {last[f'eval/pass@{k}']:.4f}  {last['time/wall_s']:.1f} s"
                 )
-            with open(out / f"{method.label}.jsonl", "w") as fh:
-                for record in records:
-                    fh.write(json.dumps({"method": method.label, **record}) + "\n")
-            results[method.label] = records
     finally:
         torch.set_num_threads(previous_threads)
     table = summary_table(results, cfg)
@@ -392,86 +331,59 @@ def run(cfg: ClassifyConfig) -> dict[str, list[dict]]:
 # -- reporting --------------------------------------------------------------------------------
 
 
-def _final(records: list[dict]) -> list[dict]:
-    last_step = max(r["step"] for r in records)
-    return [r for r in records if r["step"] == last_step]
-
-
-def _mean_std(values: list[float], digits: int) -> str:
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def summary_table(results: dict[str, list[dict]], cfg: ClassifyConfig) -> str:
-    """Markdown table of the final evaluation, mean (± std over seeds when there are several)."""
+def summary_table(results: dict[str, dict[int, list[dict]]], cfg: ClassifyConfig) -> str:
+    """Markdown table of the final evaluation, mean (± sd over seeds when there are several)."""
     k = cfg.max_k
-    head = (
-        f"| method | test pass@1 | top-1 acc | pass@{k} | -log pass@1 | -log pass@{k} "
-        "| mean log p | wall s |"
-    )
-    lines = [head, "|" + "---|" * 8]
-    for label, records in results.items():
-        final = _final(records)
-        cells = [
-            _mean_std([r["test_pass@1"] for r in final], 4),
-            _mean_std([r["test_top1"] for r in final], 4),
-            _mean_std([r[f"test_pass@{k}"] for r in final], 4),
-            _mean_std([r["test_neg_log_pass@1"] for r in final], 3),
-            _mean_std([r[f"test_neg_log_pass@{k}"] for r in final], 3),
-            _mean_std([r["test_mean_log_p"] for r in final], 3),
-            _mean_std([r["wall_s"] for r in final], 2),
-        ]
+    columns = [
+        ("test pass@1", "eval/pass@1", 4),
+        ("top-1 acc", "eval/top1", 4),
+        (f"pass@{k}", f"eval/pass@{k}", 4),
+        ("-log pass@1", "eval/neg_log_pass@1", 3),
+        (f"-log pass@{k}", f"eval/neg_log_pass@{k}", 3),
+        ("mean log p", "eval/mean_log_p", 3),
+        ("wall s", "time/wall_s", 2),
+    ]
+    lines = ["| method | " + " | ".join(c[0] for c in columns) + " |"]
+    lines.append("|" + "---|" * (len(columns) + 1))
+    for label, by_seed in results.items():
+        final = [records[-1] for records in by_seed.values()]
+        cells = [mean_sd_cell([r[key] for r in final], digits) for _, key, digits in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(results: dict[str, list[dict]], cfg: ClassifyConfig, out: Path, num_classes: int) -> None:
+def plot(results: dict[str, dict[int, list[dict]]], cfg: ClassifyConfig, out: Path, classes: int):
     """Test pass@1 against step, and final pass@k against k, one line per method (seed mean)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ks = k_values(cfg.max_k)
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    for label, records in results.items():
-        steps = sorted({r["step"] for r in records})
-        curve = [
-            sum(r["test_pass@1"] for r in records if r["step"] == s)
-            / sum(1 for r in records if r["step"] == s)
-            for s in steps
+    title = _task_title(cfg)
+    mean_curves = {}
+    for label, by_seed in results.items():
+        runs = list(by_seed.values())
+        steps = [r["step"] for r in runs[0]]
+        mean_curves[label] = [
+            {key: sum(rs[i][key] for rs in runs) / len(runs) for key in runs[0][i]} | {"step": s}
+            for i, s in enumerate(steps)
         ]
-        ax.plot(steps, curve, label=label)
-    ax.axhline(1 / num_classes, color="grey", linestyle=":", label="chance")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("test pass@1 (mean p of true class)")
-    ax.set_title(f"classification as RL: {_task_title(cfg)}")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "pass1_vs_step.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    for label, records in results.items():
-        final = _final(records)
-        curve = [sum(r[f"test_pass@{k}"] for r in final) / len(final) for k in ks]
-        ax.plot(ks, curve, marker="o", markersize=3, label=label)
-    chance = [1 - (1 - 1 / num_classes) ** k for k in ks]
-    ax.plot(ks, chance, color="grey", linestyle=":", label="chance (start)")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k")
-    ax.set_ylabel("test pass@k (exact)")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"pass@k after {cfg.steps} steps: {_task_title(cfg)}")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "passk_vs_k.png", dpi=120)
-    plt.close(fig)
+    plot_vs_step(
+        out / "pass1_vs_step.png",
+        [
+            (
+                f"classification as RL: {title}",
+                "test pass@1 (mean p of true class)",
+                {
+                    label: [(r["step"], r["eval/pass@1"]) for r in recs]
+                    for label, recs in mean_curves.items()
+                },
+            )
+        ],
+        hline=1 / classes,
+    )
+    ks = passk.powers_of_two(cfg.max_k)
+    plot_passk(
+        out / "passk_vs_k.png",
+        {label: recs[-1] for label, recs in mean_curves.items()},
+        title=f"pass@k after {cfg.steps} steps: {title}",
+        baseline=("chance (start)", ks, [1 - (1 - 1 / classes) ** k for k in ks]),
+    )
 
 
 def _task_title(cfg: ClassifyConfig) -> str:

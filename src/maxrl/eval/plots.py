@@ -1,0 +1,98 @@
+"""The project's PNG plots: pass@k curves, metrics against training steps, and metrics against
+rollouts per prompt with seed spread. Every command that draws uses these."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+_PASS = re.compile(r"^eval/pass@(\d+)$")
+
+
+def curve_of(record: dict) -> tuple[list[int], list[float]]:
+    """(ks, pass@k) from one evaluation record (keys ``eval/pass@<k>``)."""
+    pairs = sorted((int(m.group(1)), v) for k, v in record.items() if (m := _PASS.match(k)))
+    return [k for k, _ in pairs], [v for _, v in pairs]
+
+
+def plot_passk(
+    path: Path,
+    records: dict[str, dict],
+    title: str = "held-out pass@k",
+    baseline: tuple[str, list[int], list[float]] | None = None,
+) -> None:
+    """pass@k against k (log scale), one line per labelled evaluation record; ``baseline`` is an
+    optional (label, ks, values) drawn dotted."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, record in records.items():
+        ks, values = curve_of(record)
+        ax.plot(ks, values, marker="o", markersize=3, label=label)
+    if baseline is not None:
+        label, ks, values = baseline
+        ax.plot(ks, values, color="grey", linestyle=":", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_vs_step(
+    path: Path,
+    panels: list[tuple[str, str, dict[str, list[tuple[int, float]]]]],
+    hline: float | None = None,
+) -> None:
+    """One panel per (title, y label, {label: [(step, value), ...]}), side by side; ``hline``
+    is an optional dotted reference level (e.g. chance) on every panel."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (title, ylabel, series) in zip(axes[0], panels):
+        for label, points in series.items():
+            if points:
+                ax.plot(*zip(*points), marker="." if len(points) < 50 else None, label=label)
+        if hline is not None:
+            ax.axhline(hline, color="grey", linestyle=":")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_vs_rollouts(
+    path: Path,
+    panels: list[tuple[str, str, dict[str, dict[int, list[float]]]]],
+) -> None:
+    """One panel per (title, y label, {method: {N: [value per seed]}}): mean against rollouts
+    per prompt N (log scale), with bars of one standard deviation over seeds."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (title, ylabel, by_method) in zip(axes[0], panels):
+        for name, by_n in by_method.items():
+            ns = sorted(by_n)
+            mean = [float(np.mean(by_n[n])) for n in ns]
+            with np.errstate(invalid="ignore"):
+                err = [float(np.std(by_n[n], ddof=1)) if len(by_n[n]) > 1 else 0.0 for n in ns]
+            ax.errorbar(ns, mean, yerr=err, marker="o", capsize=3, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("rollouts per prompt (same steps)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
