@@ -1,4 +1,4 @@
-"""Every estimator against its documented target, by the exact check of MAXRL.md section 3."""
+"""Every estimator against its documented target, by the exact check of docs/method.md."""
 
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def test_pass_at_k_is_unbiased_for_grad_pass_at_k_for_every_k(n, baseline):
 
 
 def test_maxrl_t_coefficient_matches_the_subset_sum_definition():
-    """N c_{T,N}(K) from MAXRL.md's sum, in exact rational arithmetic, against the code."""
+    """N c_{T,N}(K) from its defining sum (docs/estimators.md), in exact rational arithmetic, against
+    the code."""
     from fractions import Fraction
 
     for n in (2, 3, 5, 8, 12):

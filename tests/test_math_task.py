@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("math_verify")
 
 from maxrl.tasks.base import Item, Task  # noqa: E402
+from maxrl.tasks.checking import AnswerChecker  # noqa: E402
 from maxrl.tasks.math import (  # noqa: E402
     INSTRUCTION,
-    AnswerChecker,
     MathTask,
     answers_match,
     last_boxed,
@@ -222,7 +222,7 @@ def test_hanging_and_throwing_checks_score_zero_and_the_batch_goes_on():
 
 
 def test_two_workers_score_in_order():
-    checker = AnswerChecker(workers=2, timeout_s=10.0, chunk_size=3)
+    checker = AnswerChecker(answers_match, workers=2, timeout_s=10.0, chunk_size=3)
     pairs = [(str(n), rf"\boxed{{{n if n % 3 else n + 1}}}") for n in range(1, 15)]
     assert checker(pairs) == [0.0 if n % 3 == 0 else 1.0 for n in range(1, 15)]
     assert checker([]) == []
@@ -231,8 +231,8 @@ def test_two_workers_score_in_order():
 
 def test_bad_checker_settings_raise():
     with pytest.raises(ValueError, match="workers"):
-        AnswerChecker(workers=0)
+        AnswerChecker(answers_match, workers=0)
     with pytest.raises(ValueError, match="timeout_s"):
-        AnswerChecker(timeout_s=0)
+        AnswerChecker(answers_match, timeout_s=0)
     with pytest.raises(ValueError, match="test_size"):
         MathTask(_records()[:2], test_size=2)

@@ -1,4 +1,4 @@
-r"""Group advantage estimators, side by side (MAXRL.md section 3).
+r"""Group advantage estimators, side by side (docs/method.md, section 3; docs/estimators.md).
 
 Convention: a prompt has a group of N rollouts with rewards r_1..r_N and scores
 S_i = grad log pi(z_i | x). An estimator returns advantages A_1..A_N, and the group's gradient
@@ -32,7 +32,7 @@ U-statistic). By Vandermonde's identity its success coefficient has the closed f
 
 the chance that a random T-subset holds a success, shared among the K successes. Its baseline
 b_i is either the constant 1 (``baseline="constant"``: A = N c - 1 for a success, -1 for a
-failure, as in MAXRL.md; the default) or, when T < N, the same subset-hit probability computed
+failure, the default) or, when T < N, the same subset-hit probability computed
 from the other N-1 rollouts, b_i = 1 - C(N-1-K_{-i},T)/C(N-1,T) (``baseline="loo"``), or none.
 A baseline that depends only on the other rollouts has E[b_i S_i] = E[b_i] E[S_i] = 0, so all
 three are exactly unbiased for J_T. The leave-one-out baseline gives all-fail groups zero
@@ -223,7 +223,7 @@ def _subset_baseline(g: _Groups, order: int, baseline: str, fallback: float) -> 
 
     Depends only on the other rollouts, so it keeps the estimator unbiased. Where the group is
     too small for it (order = N) the constant ``fallback`` stands in: 1 for ``maxrl_t`` (the
-    MAXRL.md baseline), 0 for ``pass_at_k``.
+    constant baseline), 0 for ``pass_at_k``.
     """
     if baseline == "constant":
         return torch.ones_like(g.r)

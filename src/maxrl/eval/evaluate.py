@@ -87,8 +87,7 @@ def main(argv: list[str]) -> int:
 
     from maxrl.config import parse_cli
     from maxrl.models.loading import load_policy
-    from maxrl.tasks import make_task
-    from maxrl.train.config import TaskConfig
+    from maxrl.tasks import TaskConfig, make_task
 
     cfg = parse_cli(EvalCommandConfig, argv, "eval", __doc__)
     if cfg is None:
@@ -106,17 +105,20 @@ def main(argv: list[str]) -> int:
     params = SamplingParams(
         cfg.max_new_tokens, cfg.temperature, cfg.top_p, stop_token_ids=stop_ids(tokenizer)
     )
-    metrics, _ = evaluate(
-        model,
-        tokenizer,
-        task,
-        items,
-        samples=cfg.samples,
-        sampler=make_rollout_sampler(cfg.backend, 4096, cfg.checkpoint),
-        params=params,
-        seed=cfg.seed,
-        step=0,
-    )
+    try:
+        metrics, _ = evaluate(
+            model,
+            tokenizer,
+            task,
+            items,
+            samples=cfg.samples,
+            sampler=make_rollout_sampler(cfg.backend, 4096, cfg.checkpoint),
+            params=params,
+            seed=cfg.seed,
+            step=0,
+        )
+    finally:
+        getattr(task, "close", lambda: None)()  # a math task's answer-checking workers
     for key, value in metrics.items():
         print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
     if cfg.out:

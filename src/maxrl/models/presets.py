@@ -1,4 +1,4 @@
-"""Small Qwen2 decoders trained from scratch for the maze testbed (MAXRL.md section 5).
+"""Small Qwen2 decoders trained from scratch for the maze testbed (docs/method.md, section 5).
 
 Presets (vocab 32, tied input/output embeddings, parameter counts at vocab 32):
 

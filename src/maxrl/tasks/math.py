@@ -17,7 +17,7 @@ Answers are compared with math-verify (``from math_verify import parse, verify``
 "0.5" and "\frac{1}{2}" are equal, and so are "3" and "3.0" or "1,234" and "1234". Its parser and
 sympy can take unbounded time on a pathological completion, and its own timeout uses SIGALRM,
 which works only in a main thread. So checks run in a small pool of worker processes
-(:class:`AnswerChecker`): each worker runs math-verify in its main thread with math-verify's
+(:class:`maxrl.tasks.checking.AnswerChecker`): each worker runs math-verify in its main thread with math-verify's
 alarm as a soft limit, and the parent gives every item a hard deadline; a worker that misses it
 is killed and replaced, the item scores 0, and the rest of the batch goes on. A check that raises
 also scores 0, with a counted warning. Scripts that use the task must guard their entry point
@@ -31,19 +31,14 @@ rule is the trainer's (``rollout.zero_reward_if_truncated``, applied by
 
 from __future__ import annotations
 
-import multiprocessing
 import random
 import re
-import time
-import warnings
-import weakref
-from collections import deque
-from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection, wait
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from maxrl.tasks.base import Item
+from maxrl.tasks.checking import AnswerChecker
 
 INSTRUCTION = r"Please reason step by step, and put your final answer within \boxed{}."
 _QUESTION_KEYS = ("question", "problem", "prompt", "query")
@@ -150,171 +145,6 @@ def answers_match(gold: str, completion: str, soft_timeout_s: int = 1) -> bool:
     return bool(verify(gold_parsed, pred, timeout_seconds=soft_timeout_s))
 
 
-def _worker_loop(conn: Connection, check: Callable[[str, str], bool]) -> None:
-    """Check (index, gold, completion) jobs one at a time, answering each as soon as it is done."""
-    while True:
-        try:
-            jobs = conn.recv()
-        except EOFError:
-            return
-        if jobs is None:
-            return
-        for index, gold, completion in jobs:
-            try:
-                score, error = (1.0 if check(gold, completion) else 0.0), None
-            except Exception as exc:  # a verifier bug must not end the run
-                score, error = 0.0, f"{type(exc).__name__}: {exc}"
-            conn.send((index, score, error))
-
-
-class _Worker:
-    def __init__(self, ctx, check):
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_loop, args=(child, check), daemon=True)
-        self.process.start()
-        child.close()
-        self.jobs: deque[tuple[int, str, str]] = deque()  # sent, not yet answered, in order
-        self.deadline = float("inf")
-
-    def send(self, jobs: list[tuple[int, str, str]], timeout_s: float) -> None:
-        self.jobs.extend(jobs)
-        self.conn.send(jobs)
-        self.deadline = time.monotonic() + timeout_s
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.join()
-        self.conn.close()
-
-
-def _shutdown(workers: list[_Worker]) -> None:
-    for worker in workers:
-        try:
-            worker.conn.send(None)
-        except (OSError, ValueError):
-            pass
-    for worker in workers:
-        worker.process.join(timeout=1)
-        if worker.process.is_alive():
-            worker.kill()
-
-
-class AnswerChecker:
-    """Scores (gold, completion) pairs in worker processes with a hard per-item timeout.
-
-    Items go to the workers in chunks (one message per chunk keeps the transport cost per item
-    small); each worker answers item by item, and every answer restarts that worker's deadline
-    of ``timeout_s``. A worker that misses its deadline or dies is killed and replaced: its
-    current item scores 0 and its unanswered items are sent again. Counters of checks, errors,
-    timeouts and restarts are kept in :attr:`stats`.
-
-    Args:
-        check: ``check(gold, completion) -> bool``, a module-level function (it is pickled to
-            the workers).
-        workers: number of worker processes.
-        timeout_s: the hard limit per item, in seconds.
-        chunk_size: items per message to a worker.
-    """
-
-    def __init__(
-        self,
-        check: Callable[[str, str], bool] = answers_match,
-        *,
-        workers: int = 1,
-        timeout_s: float = 5.0,
-        chunk_size: int = 32,
-    ):
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1; got {workers}")
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0; got {timeout_s}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
-        self.check = check
-        self.num_workers = workers
-        self.timeout_s = float(timeout_s)
-        self.chunk_size = chunk_size
-        self.stats = {"checked": 0, "errors": 0, "timeouts": 0, "restarts": 0}
-        self._ctx = multiprocessing.get_context("spawn")
-        self._workers: list[_Worker] = []
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers)
-
-    def close(self) -> None:
-        """Stop the workers (they are also stopped when the checker is garbage-collected)."""
-        self._finalizer()
-
-    def _replace(self, worker: _Worker) -> _Worker:
-        worker.kill()
-        self.stats["restarts"] += 1
-        fresh = _Worker(self._ctx, self.check)
-        self._workers[self._workers.index(worker)] = fresh
-        return fresh
-
-    def __call__(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Scores (1.0 or 0.0) of ``(gold, completion)`` pairs, in order."""
-        scores = [0.0] * len(pairs)
-        pending = deque((i, gold, completion) for i, (gold, completion) in enumerate(pairs))
-        if not pending:
-            return scores
-        while len(self._workers) < min(self.num_workers, len(pending)):
-            self._workers.append(_Worker(self._ctx, self.check))
-        errors: list[str] = []
-        timeouts = 0
-
-        def feed(worker: _Worker) -> None:
-            chunk = [pending.popleft() for _ in range(min(self.chunk_size, len(pending)))]
-            if chunk:
-                worker.send(chunk, self.timeout_s)
-
-        for worker in list(self._workers):
-            feed(worker)
-        while any(w.jobs for w in self._workers):
-            busy = [w for w in self._workers if w.jobs]
-            wait_s = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-            ready = set(wait([w.conn for w in busy], timeout=wait_s))
-            for worker in busy:
-                failed = False
-                if worker.conn in ready:
-                    try:
-                        while worker.jobs and worker.conn.poll():
-                            index, score, error = worker.conn.recv()
-                            worker.jobs.popleft()
-                            scores[index] = score
-                            if error is not None:
-                                errors.append(error)
-                            worker.deadline = time.monotonic() + self.timeout_s
-                    except (EOFError, OSError):  # the worker died (e.g. killed for memory)
-                        failed = True
-                if failed or (worker.jobs and time.monotonic() >= worker.deadline):
-                    worker.jobs.popleft()  # the item it was stuck on (or died on) scores 0
-                    timeouts += 1
-                    rest = list(worker.jobs)
-                    worker = self._replace(worker)
-                    if rest:
-                        worker.send(rest, self.timeout_s)
-                if not worker.jobs:
-                    feed(worker)
-        self.stats["checked"] += len(pairs)
-        self.stats["errors"] += len(errors)
-        self.stats["timeouts"] += timeouts
-        if errors:
-            warnings.warn(
-                f"{len(errors)} of {len(pairs)} answer checks raised and scored 0 "
-                f"({self.stats['errors']} so far); first: {errors[0]}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        if timeouts:
-            warnings.warn(
-                f"{timeouts} of {len(pairs)} answer checks ran past {self.timeout_s:g} s or "
-                f"crashed and scored 0 ({self.stats['timeouts']} so far); their workers were "
-                f"restarted",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return scores
-
-
 # ---------------------------------------------------------------------------------------------
 # The task.
 
@@ -369,7 +199,7 @@ class MathTask:
         self.name = name
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
-        self.checker = AnswerChecker(workers=workers, timeout_s=timeout_s)
+        self.checker = AnswerChecker(answers_match, workers=workers, timeout_s=timeout_s)
         self._train = [self._make_item(r, "train", i) for i, r in enumerate(train_records)]
         self._test = [self._make_item(r, "test", i) for i, r in enumerate(test_records)]
 

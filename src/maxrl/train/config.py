@@ -2,7 +2,7 @@
 
 Defaults are the README's main job: a small Qwen2-style model, SFT warm-start on 9x9 mazes, then
 MaxRL, sized to finish in about ten minutes on a 2-core CPU. The paper's maze settings
-(MAXRL.md section 5) are in ``configs/maze_paper.yaml``.
+(docs/method.md, section 5) are in ``configs/maze_paper.yaml``.
 """
 
 from __future__ import annotations
