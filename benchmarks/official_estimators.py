@@ -412,11 +412,12 @@ def bias_table() -> None:
         for k in range(1, n + 1):
             half.add(rel["pkpo", n, k, Fraction(1, 2)], (n, k, Fraction(1, 2)))
     print(f"  worst at p = 0.5: {half.text()} (k = N gives +100% for every N)")
-    examples = ((128, 4, "0.5"), (16, 8, "0.5"), (16, 2, "0.2"), (128, 64, "0.2"))
+    examples = ((8, 2, "0.5"), (128, 4, "0.5"), (16, 8, "0.5"), (16, 2, "0.2"), (128, 64, "0.2"))
     line = [
         f"N={n},k={k},p={p}: {float(rel['pkpo', n, k, Fraction(p)]):+.2%}" for n, k, p in examples
     ]
-    print("  examples: " + "  ".join(line))
+    print("  examples: " + "  ".join(line[:3]))
+    print("            " + "  ".join(line[3:]))
     print()
 
 
