@@ -34,7 +34,7 @@ plus the exact limit p -> 0.
 Validation pass@k: verl/trainer/ppo/metric_utils.py, `process_validation_metrics` and
 `bootstrap_metric`, restated and checked the same way at the end.
 
-Run: ``python benchmarks/official_estimators.py`` (about 20 s on one core).
+Run: ``python benchmarks/official_estimators.py`` (under a minute on one core).
 """
 
 from __future__ import annotations
