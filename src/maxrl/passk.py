@@ -12,6 +12,9 @@ r"""Evaluating pass@k (MAXRL.md section 4).
   1/(t + 1)), counted exactly per vote profile instead of enumerating subsets.
   :func:`maj_at_k_from_answers` takes the answers themselves, :func:`maj_at_k_curve` averages
   over prompts for k = 1, 2, 4, ..., n.
+- :func:`pass_rate_histogram`: the fraction of prompts whose pass rate lies in each of
+  :data:`PASS_RATE_BINS` (exactly 0, log2 bins up to 1/2, (1/2, 1), exactly 1);
+  :func:`pass_rate_histogram_from_counts` bins correct/n with integer arithmetic.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ __all__ = [
     "maj_at_k_from_answers",
     "MajAtKCurve",
     "maj_at_k_curve",
+    "PassRateBin",
+    "PASS_RATE_BINS",
+    "pass_rate_bin_counts",
+    "pass_rate_histogram",
+    "pass_rate_histogram_from_counts",
 ]
 
 
@@ -516,3 +524,128 @@ def maj_at_k_curve(
         for k in ks
     )
     return MajAtKCurve(tuple(ks), values)
+
+
+# --------------------------------------------------------------------------------------------
+# Distribution of per-prompt pass rates
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PassRateBin:
+    """One bin of :data:`PASS_RATE_BINS`.
+
+    ``name`` is the metric key: letters, digits, ``_`` and ``-`` only, so it is a JSON key and
+    a TensorBoard tag as it stands (tags keep ``[A-Za-z0-9_.-/]``, the characters TensorFlow's
+    tag cleaning leaves alone; the ``/`` is left to the caller's prefix). ``interval`` is the
+    same bin in interval notation. A bin with ``low == high`` is that single value; otherwise
+    it is low < rate <= high, or low < rate < high when ``high_open``.
+    """
+
+    name: str
+    interval: str
+    low: float
+    high: float
+    high_open: bool = False
+
+    def contains(self, rate: float) -> bool:
+        if self.low == self.high:
+            return rate == self.low
+        return self.low < rate and (rate < self.high if self.high_open else rate <= self.high)
+
+
+def _log2_bin(i: int) -> PassRateBin:
+    """(2^-(i+1), 2^-i], the first one (0, 2^-10]."""
+    if i == 10:
+        return PassRateBin("0_to_2pow-10", "(0,2^-10]", 0.0, 2.0**-10)
+    return PassRateBin(
+        f"2pow-{i + 1}_to_2pow-{i}", f"(2^-{i + 1},2^-{i}]", 2.0 ** -(i + 1), 2.0**-i
+    )
+
+
+PASS_RATE_BINS: tuple[PassRateBin, ...] = (
+    PassRateBin("0", "0", 0.0, 0.0),
+    *(_log2_bin(i) for i in range(10, 0, -1)),
+    PassRateBin("2pow-1_to_1", "(1/2,1)", 0.5, 1.0, high_open=True),
+    PassRateBin("1", "1", 1.0, 1.0),
+)
+"""The pass-rate bins, in order: exactly 0; (0, 2^-10]; (2^-10, 2^-9]; ...; (2^-2, 2^-1];
+(1/2, 1); exactly 1."""
+
+_LOG2_EDGES = np.array([b.high for b in PASS_RATE_BINS[1:11]])  # 2^-10, ..., 2^-1
+
+
+def _bin_counts(index: np.ndarray) -> dict[str, int]:
+    tally = np.bincount(index.ravel(), minlength=len(PASS_RATE_BINS))
+    return {b.name: int(c) for b, c in zip(PASS_RATE_BINS, tally)}
+
+
+def pass_rate_bin_counts(rates) -> dict[str, int]:
+    """The number of prompts whose pass rate lies in each of :data:`PASS_RATE_BINS`, in order.
+
+    A rate r goes to "0" if r == 0, to (2^-(i+1), 2^-i] if 2^-(i+1) < r <= 2^-i (any
+    0 < r <= 2^-10 to the first of these), to (1/2, 1) if 1/2 < r < 1 and to "1" if r == 1.
+    The edges are powers of two, so the comparisons are exact in floating point.
+    """
+    r = np.asarray(rates, dtype=np.float64).ravel()
+    if r.size == 0:
+        raise ValueError("pass_rate_bin_counts needs at least one pass rate")
+    if not np.all((r >= 0) & (r <= 1)):
+        bad = float(r[~((r >= 0) & (r <= 1))][0])
+        raise ValueError(f"pass rates must lie in [0, 1]; got {bad!r}")
+    index = np.where(
+        r == 0,
+        0,
+        np.where(r == 1, 12, np.where(r > 0.5, 11, 1 + np.searchsorted(_LOG2_EDGES, r))),
+    )
+    return _bin_counts(index)
+
+
+def pass_rate_histogram(rates) -> dict[str, float]:
+    """The fraction of prompts whose pass rate lies in each of :data:`PASS_RATE_BINS`.
+
+    Keys are the bins' names, in order (see :func:`pass_rate_bin_counts` for the rule). Each
+    value is count / (number of prompts), rounded once. The bins partition the prompts, so the
+    fractions sum to 1 exactly as rationals; as floats, exactly when the number of prompts is a
+    power of two and otherwise to within an ulp (:func:`pass_rate_bin_counts` gives the counts).
+    """
+    counts = pass_rate_bin_counts(rates)
+    total = sum(counts.values())
+    return {name: c / total for name, c in counts.items()}
+
+
+def pass_rate_histogram_from_counts(n, correct) -> dict[str, float]:
+    """:func:`pass_rate_histogram` of correct / n, binned in integer arithmetic.
+
+    Args:
+        n: samples per prompt (an int, or an array, one per prompt).
+        correct: correct samples per prompt (array).
+
+    correct / n <= 2^-i is decided as correct * 2^i <= n in int64, so no rounding can move a
+    prompt across an edge (for n < 2^53).
+    """
+    c, n = (x.ravel() for x in np.broadcast_arrays(np.asarray(correct), np.asarray(n)))
+    if c.size == 0:
+        raise ValueError("pass_rate_histogram_from_counts needs at least one prompt")
+    for name, x in (("n", n), ("correct", c)):
+        if not np.issubdtype(x.dtype, np.integer):
+            whole = np.mod(x, 1) == 0
+            if not np.all(whole):
+                i = int(np.argmin(whole))
+                raise ValueError(
+                    f"{name} must be whole numbers; got {x.flat[i].item()!r} at prompt {i}"
+                )
+    c, n = c.astype(np.int64), n.astype(np.int64)
+    bad = (n < 1) | (c < 0) | (c > n)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"need n >= 1 and 0 <= correct <= n; got n={n[i]}, correct={c[i]} at prompt {i}"
+        )
+    # for 0 < c <= n/2: the bin (2^-(i+1), 2^-i] with i the largest of 1..10 with c 2^i <= n
+    largest = np.zeros(c.shape, dtype=np.int64)
+    for i in range(1, 11):
+        largest = np.where(c * (1 << i) <= n, i, largest)
+    index = np.where(c == 0, 0, np.where(c == n, 12, np.where(2 * c > n, 11, 11 - largest)))
+    counts = _bin_counts(index)
+    return {name: v / c.size for name, v in counts.items()}
