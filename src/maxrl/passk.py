@@ -437,10 +437,10 @@ def maj_at_k(
 
     N_{j,t} counting the ways to fill the other k - j places with every other answer at most j
     votes and exactly t of them at j. The sums run in exact integer arithmetic with one
-    division at the end: the float is the correctly rounded value for any n. One call at
-    n = 2048 takes under 0.1 s for k <= 64 and up to about 2 s at larger k with 300 answers of
-    Zipf-like counts; many answers of similar mid-sized counts are the slow case (10 to 20 s
-    for answers of 1, 2, ..., 60 samples at k = 512).
+    division at the end: the float is the correctly rounded value for any n. On one core, a
+    call at n = 2048 with 300 answers of Zipf-like counts takes under 0.2 s for k <= 64 and 1
+    to 3 s for k = 256..1024; many answers of similar mid-sized counts are the slow case (10
+    to 20 s for answers of 1, 2, ..., 60 samples at k = 512).
     """
     counts = [_whole(c, f"counts[{i}]") for i, c in enumerate(counts)]
     for i, c in enumerate(counts):
