@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import pytest
 
-from maxrl import passk
+from maxrl import majority
 
 REL = dict(rel=1e-12, abs=0.0)  # no absolute floor: tiny values must keep their digits
 
@@ -69,14 +69,14 @@ def test_equals_brute_force_over_all_k_subsets():
                 for correct in sorted({counts.index(c) for c in counts}):
                     for k in range(1, n + 1):
                         want = brute_force(counts, correct, k, unanswered)
-                        got = passk.maj_at_k(counts, correct, k, unanswered, exact=True)
+                        got = majority.maj_at_k(counts, correct, k, unanswered, exact=True)
                         assert got == want, (counts, correct, k, unanswered)
-                        assert passk.maj_at_k(counts, correct, k, unanswered) == pytest.approx(
+                        assert majority.maj_at_k(counts, correct, k, unanswered) == pytest.approx(
                             float(want), **REL
                         )
                         cases += 1
                 for k in range(1, n + 1):
-                    assert passk.maj_at_k([*counts, 0], len(counts), k, unanswered) == 0.0
+                    assert majority.maj_at_k([*counts, 0], len(counts), k, unanswered) == 0.0
     assert cases > 1000
     # n = 9, 10: unordered classes, ties, several unanswered
     for counts, unanswered in [
@@ -93,8 +93,8 @@ def test_equals_brute_force_over_all_k_subsets():
         for correct in range(len(counts)):
             for k in range(1, sum(counts) + unanswered + 1):
                 want = brute_force(counts, correct, k, unanswered)
-                assert passk.maj_at_k(counts, correct, k, unanswered, exact=True) == want
-                got = passk.maj_at_k(counts, correct, k, unanswered)
+                assert majority.maj_at_k(counts, correct, k, unanswered, exact=True) == want
+                got = majority.maj_at_k(counts, correct, k, unanswered)
                 assert got == pytest.approx(float(want), **REL)
 
 
@@ -111,7 +111,7 @@ def test_equals_direct_count_at_moderate_n():
         for correct in {0, 1, len(counts) - 1}:
             for k in sorted({1, 2, 3, 5, 8, 13, n // 3, n // 2, n // 2 + 1, 2 * n // 3, n - 1, n}):
                 want = reference(counts, correct, k, unanswered)
-                got = passk.maj_at_k(counts, correct, k, unanswered, exact=True)
+                got = majority.maj_at_k(counts, correct, k, unanswered, exact=True)
                 assert got == want, (counts, correct, k, unanswered)
 
 
@@ -119,13 +119,13 @@ def test_k1_is_the_correct_fraction_and_k_n_the_plain_majority():
     for counts, unanswered in [([3, 1, 1], 0), ([700, 900, 448], 0), ([5, 5, 2], 4), ([1], 9)]:
         n = sum(counts) + unanswered
         for correct, c in enumerate(counts):
-            assert passk.maj_at_k(counts, correct, 1, unanswered, exact=True) == Fraction(c, n)
-            assert passk.maj_at_k(counts, correct, 1, unanswered) == c / n
+            assert majority.maj_at_k(counts, correct, 1, unanswered, exact=True) == Fraction(c, n)
+            assert majority.maj_at_k(counts, correct, 1, unanswered) == c / n
             top = max(counts)
             tied = counts.count(top)
             want = Fraction(1, tied) if c == top else 0
-            assert passk.maj_at_k(counts, correct, n, unanswered, exact=True) == want
-    assert passk.maj_at_k([0, 0], None, 3, unanswered=3) == 0.0  # nothing answered
+            assert majority.maj_at_k(counts, correct, n, unanswered, exact=True) == want
+    assert majority.maj_at_k([0, 0], None, 3, unanswered=3) == 0.0  # nothing answered
 
 
 def hypergeometric_majority(a, b, k) -> Fraction:
@@ -141,10 +141,10 @@ def test_two_answers_match_the_hypergeometric_closed_form():
         n = a + b
         for k in sorted({1, 2, 3, 4, 7, 16, n // 2, n - 1, n} & set(range(1, n + 1))):
             want = hypergeometric_majority(a, b, k)
-            assert passk.maj_at_k([a, b], 0, k, exact=True) == want
-            assert passk.maj_at_k([a, b], 0, k) == pytest.approx(float(want), **REL)
+            assert majority.maj_at_k([a, b], 0, k, exact=True) == want
+            assert majority.maj_at_k([a, b], 0, k) == pytest.approx(float(want), **REL)
             # one of the two answers wins every subset: maj@k(a) + maj@k(b) = 1
-            assert want + passk.maj_at_k([a, b], 1, k, exact=True) == 1
+            assert want + majority.maj_at_k([a, b], 1, k, exact=True) == 1
     # with u unanswered: X ~ correct, Y ~ wrong votes; win if X > Y, half if X = Y >= 1
     a, b, u = 5, 4, 3
     n = a + b + u
@@ -157,14 +157,14 @@ def test_two_answers_match_the_hypergeometric_closed_form():
                     total += ways
                 elif x == y >= 1:
                     total += Fraction(ways, 2)
-        assert passk.maj_at_k([a, b], 0, k, u, exact=True) == total / math.comb(n, k)
+        assert majority.maj_at_k([a, b], 0, k, u, exact=True) == total / math.comb(n, k)
 
 
 def answered_fraction_check(counts, unanswered, k):
     """Every subset with an answered sample gives weight 1, split among its most-voted answers,
     so the win probabilities of all answers sum to 1 - C(u, k) / C(n, k)."""
     n = sum(counts) + unanswered
-    total = sum(passk.maj_at_k(counts, i, k, unanswered, exact=True) for i in range(len(counts)))
+    total = sum(majority.maj_at_k(counts, i, k, unanswered, exact=True) for i in range(len(counts)))
     assert total == 1 - Fraction(math.comb(unanswered, k), math.comb(n, k))
 
 
@@ -207,54 +207,54 @@ def test_unbiased_for_the_policys_maj_at_k():
     n = 7
     for k in range(1, n + 1):
         # the policy's maj@k: the tie-weighted win of answer 0 over k draws
-        policy = sum(p * passk.maj_at_k(c[:3], 0, k, c[3], exact=True) for c, p in draws(k))
-        expected = sum(p * passk.maj_at_k(c[:3], 0, k, c[3], exact=True) for c, p in draws(n))
+        policy = sum(p * majority.maj_at_k(c[:3], 0, k, c[3], exact=True) for c, p in draws(k))
+        expected = sum(p * majority.maj_at_k(c[:3], 0, k, c[3], exact=True) for c, p in draws(n))
         assert expected == policy
 
 
 def test_from_answers_and_curve():
     answers = ["12", "12", "7", None, "7", "12", "x", None]
-    counts = passk.maj_at_k_from_answers(answers, "12", 3, exact=True)
-    assert counts == passk.maj_at_k([3, 2, 1], 0, 3, unanswered=2, exact=True)
+    counts = majority.maj_at_k_from_answers(answers, "12", 3, exact=True)
+    assert counts == majority.maj_at_k([3, 2, 1], 0, 3, unanswered=2, exact=True)
     assert counts == brute_force([3, 2, 1], 0, 3, 2)
-    assert passk.maj_at_k_from_answers(answers, "99", 4) == 0.0
-    assert passk.maj_at_k_from_answers([None, None], "1", 2) == 0.0
+    assert majority.maj_at_k_from_answers(answers, "99", 4) == 0.0
+    assert majority.maj_at_k_from_answers([None, None], "1", 2) == 0.0
     with pytest.raises(ValueError, match="gold is None"):
-        passk.maj_at_k_from_answers(answers, None, 2)
+        majority.maj_at_k_from_answers(answers, None, 2)
 
     prompts = [answers, ["a", "b", "b", "b", "a", "c", "a", "a"]]
-    curve = passk.maj_at_k_curve(prompts, ["12", "a"])
+    curve = majority.maj_at_k_curve(prompts, ["12", "a"])
     assert curve.ks == (1, 2, 4, 8)
     for k, v in zip(curve.ks, curve.maj_at_k):
         want = (
-            passk.maj_at_k_from_answers(prompts[0], "12", k)
-            + passk.maj_at_k_from_answers(prompts[1], "a", k)
+            majority.maj_at_k_from_answers(prompts[0], "12", k)
+            + majority.maj_at_k_from_answers(prompts[1], "a", k)
         ) / 2
         assert v == pytest.approx(want, rel=1e-15)
     assert curve.maj_at_k[0] == pytest.approx((3 / 8 + 4 / 8) / 2, rel=1e-15)
     assert curve.maj_at_k[-1] == 1.0
     assert list(curve.as_dict()) == ["maj@1", "maj@2", "maj@4", "maj@8"]
-    assert passk.maj_at_k_curve(prompts, ["12", "a"], ks=[3]).ks == (3,)
+    assert majority.maj_at_k_curve(prompts, ["12", "a"], ks=[3]).ks == (3,)
     with pytest.raises(ValueError, match="one gold per prompt"):
-        passk.maj_at_k_curve(prompts, ["12"])
+        majority.maj_at_k_curve(prompts, ["12"])
     with pytest.raises(ValueError, match="at least one prompt"):
-        passk.maj_at_k_curve([], [])
+        majority.maj_at_k_curve([], [])
 
 
 def test_bad_input():
     with pytest.raises(ValueError, match=r"k = 5 exceeds n = 4 .*k <= n"):
-        passk.maj_at_k([2, 1], 0, 5, unanswered=1)
+        majority.maj_at_k([2, 1], 0, 5, unanswered=1)
     with pytest.raises(ValueError, match="k >= 1"):
-        passk.maj_at_k([2, 1], 0, 0)
+        majority.maj_at_k([2, 1], 0, 0)
     with pytest.raises(ValueError, match=r"counts\[1\] = -1 is negative"):
-        passk.maj_at_k([2, -1], 0, 1)
+        majority.maj_at_k([2, -1], 0, 1)
     with pytest.raises(ValueError, match=r"counts\[0\] must be a whole number"):
-        passk.maj_at_k([2.5, 1], 0, 1)
+        majority.maj_at_k([2.5, 1], 0, 1)
     with pytest.raises(ValueError, match=r"counts\[0\] must be a whole number, not a bool"):
-        passk.maj_at_k([True, 1], 0, 1)
+        majority.maj_at_k([True, 1], 0, 1)
     with pytest.raises(ValueError, match="unanswered = -2 is negative"):
-        passk.maj_at_k([2, 1], 0, 1, unanswered=-2)
+        majority.maj_at_k([2, 1], 0, 1, unanswered=-2)
     with pytest.raises(ValueError, match=r"correct = 2 is not an index into counts \(0\.\.1\)"):
-        passk.maj_at_k([2, 1], 2, 1)
+        majority.maj_at_k([2, 1], 2, 1)
     with pytest.raises(ValueError, match="k must be a whole number"):
-        passk.maj_at_k([2, 1], 0, 1.5)
+        majority.maj_at_k([2, 1], 0, 1.5)
