@@ -397,3 +397,66 @@ def test_lora_trains_adapters_only_and_resumes(tmp_path, tiny_init):
     )
     steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if "train/loss" in r]
     assert steps == [1, 2, 3]
+
+
+def _llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = LlamaConfig(
+            vocab_size=32,
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
+        return LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_packed_forward_equals_full_forward(family, temperature):
+    """The packed training forward (each prompt once, responses without padding) gives the
+    log-probabilities, entropies and gradients of a plain full forward over every sequence."""
+    from maxrl.train.logprobs import response_logprobs
+    from maxrl.train.packed import packed_logprobs, supports_packed
+
+    model = (build_model("tiny", seed=1) if family == "qwen2" else _llama()).double()
+    assert supports_packed(model)
+    prompts = [[1, 4, 9, 7], [1, 4, 8, 8, 9, 10, 11], [1, 5]]
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 7, (9,), generator=gen)
+    lengths[:2] = torch.tensor([1, 6])  # a one-token response, and the longest
+    responses = torch.randint(4, 20, (9, 6), generator=gen)
+    responses[torch.arange(6)[None, :] >= lengths[:, None]] = 0
+    full, mask_full, ent_full = response_logprobs(
+        model, prompts, responses, lengths, 3, 0, temperature, entropy=True, shared_prefix=False
+    )
+    packed, mask, ent = packed_logprobs(
+        model, prompts, responses, lengths, 3, temperature, entropy=True
+    )
+    assert torch.equal(mask, mask_full) and mask.sum() == lengths.sum()
+    # RoPE tables are float32 inside the model, hence float32-level agreement
+    torch.testing.assert_close(packed, full, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ent, ent_full, rtol=1e-6, atol=1e-6)
+    weights = torch.randn(packed.shape, generator=gen, dtype=torch.float64)
+    params = list(model.parameters())
+    grads_full = torch.autograd.grad((weights * full).sum(), params)
+    grads = torch.autograd.grad((weights * packed).sum(), params)
+    for got, want in zip(grads, grads_full):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_packed_forward_is_used_only_where_it_is_exact():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from maxrl.train.packed import supports_packed
+
+    model = build_model("tiny", seed=0)
+    assert supports_packed(model) and supports_packed(_llama())
+    assert not supports_packed(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2)))
+    model.gradient_checkpointing_enable()
+    assert not supports_packed(model)

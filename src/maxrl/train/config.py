@@ -30,7 +30,13 @@ class ModelConfig:
         "and run the SFT warm-start first (maze task)",
         "",
     )
-    dtype: str = _h("training dtype: float32 | bfloat16", "float32")
+    dtype: str = _h("dtype of the weights and the optimiser: float32 | bfloat16", "float32")
+    precision: str = _h(
+        "matmul precision of the training forward and backward (SFT and RL): float32 | "
+        "bfloat16 (linear layers autocast to bf16; weights and optimiser keep model.dtype) | auto "
+        "(bfloat16 on a GPU or a CPU with AMX tiles, float32 elsewhere)",
+        "float32",
+    )
     gradient_checkpointing: bool = _h("recompute activations in backward to save memory", False)
     lora_rank: int = _h("train LoRA adapters of this rank through peft (0 = full fine-tuning)", 0)
 
@@ -148,6 +154,7 @@ class TrainConfig:
         _one_of("algo.loss_agg", self.algo.loss_agg, ("token_mean", "seq_mean", "seq_sum"))
         _one_of("optim.schedule", self.optim.schedule, ("constant", "linear", "cosine"))
         _one_of("model.dtype", self.model.dtype, ("float32", "bfloat16"))
+        _one_of("model.precision", self.model.precision, ("float32", "bfloat16", "auto"))
         _one_of("task.name", self.task.name, ("maze", "math"))
         _one_of("rollout.backend", self.rollout.backend, ("kv", "hf", "vllm"))
         for key, value in [

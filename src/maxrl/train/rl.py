@@ -52,6 +52,7 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
         stats = optimise(
             run.model, run.optimizer, groups, adv, cfg.algo, cfg.optim,
             micro_batch_size=cfg.run.micro_batch_size, seed=seed, step=step, ref_model=run.ref,
+            precision=cfg.model.precision,
         )  # fmt: skip
         run.check_finite(stats, step)
         run.scheduler.step()

@@ -22,25 +22,23 @@ from maxrl.seeding import set_threads, step_seed
 from maxrl.tasks import make_task
 from maxrl.train.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
 from maxrl.train.config import TrainConfig
+from maxrl.train.logprobs import compute_precision, policy_logprobs
 from maxrl.train.optim import adamw
 
 
-def sft_batch(tokenizer, items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, labels): labels are -100 except on answer tokens and eos."""
+def sft_batch(tokenizer, items) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+    """(prompt ids, answer ids, answer lengths): the answers (the demonstration and eos) as a
+    right-padded (B, longest) tensor, the tokens the loss is on."""
     prompts = encode_prompts(tokenizer, items)
     answers = [
         tokenizer(it.target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         for it in items
     ]
-    width = max(len(p) + len(a) for p, a in zip(prompts, answers))
-    ids = torch.full((len(items), width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full_like(ids, -100)
-    mask = torch.zeros_like(ids)
-    for i, (p, a) in enumerate(zip(prompts, answers)):
-        ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-        labels[i, len(p) : len(p) + len(a)] = torch.tensor(a)
-        mask[i, : len(p) + len(a)] = 1
-    return ids, mask, labels
+    lengths = torch.tensor([len(a) for a in answers])
+    ids = torch.full((len(items), int(lengths.max())), tokenizer.pad_token_id, dtype=torch.long)
+    for i, answer in enumerate(answers):
+        ids[i, : len(answer)] = torch.tensor(answer)
+    return prompts, ids, lengths
 
 
 def run_sft(cfg: TrainConfig, out_dir: Path) -> Path:
@@ -87,8 +85,13 @@ def run_sft(cfg: TrainConfig, out_dir: Path) -> Path:
     )
     for step in bar:
         items = task.train_items(s.batch_size, seed=step_seed(cfg.run.seed, step, "sft"))
-        ids, mask, labels = sft_batch(tokenizer, items)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        prompts, answers, lengths = sft_batch(tokenizer, items)
+        # mean next-token loss over the answer tokens, by the trainer's forward
+        with compute_precision(model, cfg.model.precision):
+            logp, mask, _ = policy_logprobs(
+                model, prompts, answers, lengths, 1, tokenizer.pad_token_id
+            )
+        loss = -(logp * mask).sum() / mask.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)

@@ -3,7 +3,7 @@
 On-policy by default (one optimiser step per rollout batch, the paper's setting);
 ``algo.ppo_epochs`` and ``algo.minibatches`` give PPO-style reuse of the batch with the clipped
 ratio. Minibatches and micro-batches are made of whole groups, so each prompt's forward pass is
-shared by its rollouts (:func:`maxrl.train.logprobs.response_logprobs`).
+shared by its rollouts (:func:`maxrl.train.logprobs.policy_logprobs`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from maxrl.groups import RolloutGroups
 from maxrl.seeding import generator
 from maxrl.train.config import AlgoConfig, OptimConfig
-from maxrl.train.logprobs import response_logprobs
+from maxrl.train.logprobs import compute_precision, policy_logprobs
 from maxrl.train.loss import aggregation_denominator, policy_loss
 
 
@@ -54,26 +54,26 @@ def optimise(
     seed: int,
     step: int,
     ref_model=None,
+    precision: str = "float32",
 ) -> UpdateStats:
     """PPO-style epochs x minibatches over one rollout batch (one plain step by default).
 
     ``adv`` is (prompts, N), one advantage per rollout. An update whose loss or gradient is not
     finite is skipped (the optimiser does not step) and reported with ``finite=False``.
-    Minibatch order (PPO only) is drawn from the ``(seed, step)`` streams.
+    Minibatch order (PPO only) is drawn from the ``(seed, step)`` streams. ``precision`` is
+    the matmul precision of the forward and backward (:func:`compute_precision`).
     """
     n = groups.group_size
     prompts = groups.prompt_ids
     n_groups = groups.num_prompts
     adv = adv.reshape(-1)
     on_policy = algo.ppo_epochs == 1 and algo.minibatches == 1
-    # the shared-prefix forward needs the model's KV cache, which checkpointing turns off
-    shared = not getattr(model, "is_gradient_checkpointing", False)
     temp = groups.params.temperature
     pad_id = groups.pad_token_id
     ref_logp = None
     if ref_model is not None:
         with torch.no_grad():
-            ref_logp = _logprobs_by_groups(ref_model, groups, micro_batch_size, shared)
+            ref_logp = _logprobs_by_groups(ref_model, groups, micro_batch_size)
     per_mb = n_groups // algo.minibatches
     groups_per_micro = max(1, micro_batch_size // n)
     totals = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0}
@@ -100,17 +100,17 @@ def optimise(
                 g_idx = mb_groups[sub]
                 seqs = groups.rows(g_idx)
                 tokens, lengths = groups.responses(seqs)
-                logp, mask, ent = response_logprobs(
-                    model,
-                    [prompts[i] for i in g_idx.tolist()],
-                    tokens,
-                    lengths,
-                    n,
-                    pad_id,
-                    temp,
-                    entropy=epoch == 0,
-                    shared_prefix=shared,
-                )
+                with compute_precision(model, precision):
+                    logp, mask, ent = policy_logprobs(
+                        model,
+                        [prompts[i] for i in g_idx.tolist()],
+                        tokens,
+                        lengths,
+                        n,
+                        pad_id,
+                        temp,
+                        entropy=epoch == 0,
+                    )
                 width = logp.shape[1]
                 out = policy_loss(
                     logp,
@@ -151,7 +151,7 @@ def optimise(
     )
 
 
-def _logprobs_by_groups(model, groups: RolloutGroups, micro: int, shared: bool) -> torch.Tensor:
+def _logprobs_by_groups(model, groups: RolloutGroups, micro: int) -> torch.Tensor:
     """Response log-probabilities of a whole batch, micro-batch by micro-batch, (B, longest)."""
     n = groups.group_size
     width = int(groups.lengths.max())
@@ -159,7 +159,7 @@ def _logprobs_by_groups(model, groups: RolloutGroups, micro: int, shared: bool) 
     for sub in _chunks(groups.num_prompts, max(1, micro // n)):
         seqs = slice(sub.start * n, sub.stop * n)
         tokens, lengths = groups.responses(seqs)
-        logp, _, _ = response_logprobs(
+        logp, _, _ = policy_logprobs(
             model,
             groups.prompt_ids[sub],
             tokens,
@@ -167,7 +167,6 @@ def _logprobs_by_groups(model, groups: RolloutGroups, micro: int, shared: bool) 
             n,
             groups.pad_token_id,
             groups.params.temperature,
-            shared_prefix=shared,
         )
         out[seqs, : logp.shape[1]] = logp
     return out
