@@ -83,3 +83,22 @@ def test_shipped_sweep_configs_are_valid():
     for f in files:
         cfg = load_config(SweepConfig, f)
         assert {m.estimator for m in cfg.methods} >= {"maxrl", "grpo", "rloo"}
+
+
+def test_parallel_workers_give_the_same_grid(tmp_path, tiny_init):
+    """Two worker processes train the same runs to the same metrics as one process."""
+    small = ["methods=[{name: maxrl, estimator: maxrl}, {name: grpo, estimator: grpo}]"]
+    small += ["rollouts=[4]", "seeds=[0,1]"]
+    serial = sweep(grid_cfg(tmp_path / "serial", tiny_init, *small, "workers=1"))
+    parallel = sweep(grid_cfg(tmp_path / "parallel", tiny_init, *small, "workers=2"))
+    assert parallel["table"] == serial["table"]
+    for run in ("maxrl/N4/seed0", "grpo/N4/seed1"):
+        a = (tmp_path / "serial" / run / "metrics.jsonl").read_text().splitlines()
+        b = (tmp_path / "parallel" / run / "metrics.jsonl").read_text().splitlines()
+        strip = [
+            [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in x]
+            for x in (a, b)
+        ]
+        assert strip[0] == strip[1]
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        grid_cfg(tmp_path, tiny_init, "workers=-1")

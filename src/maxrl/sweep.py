@@ -3,7 +3,10 @@
 Every run of the grid starts from the same SFT checkpoint (made once, or ``base.model.init``)
 with the same step budget, so more rollouts per prompt means more training rollouts. Runs live
 in ``out_dir/<method>/N<n>/seed<s>``; a run with a ``summary.json`` is done and skipped, a run
-with checkpoints is resumed, so re-running the command finishes a half-done grid.
+with checkpoints is resumed, so re-running the command finishes a half-done grid. The runs train
+``workers`` at a time (one per core by default), each in its own process with
+``base.run.threads`` torch threads, under one progress view of the grid; a run's metrics do not
+depend on how many run beside it.
 
 Outputs: ``results.md`` (mean and spread over seeds of the final held-out metrics, and the
 sample-efficiency factor of MaxRL over GRPO), ``results.json``, ``neg_log_pass_vs_rollouts.png``
@@ -16,6 +19,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,11 +55,20 @@ class SweepConfig:
         default="grpo", metadata={"help": "method the efficiency factor is against"}
     )
     target: str = field(default="maxrl", metadata={"help": "method whose efficiency is reported"})
+    workers: int = field(
+        default=0,
+        metadata={
+            "help": "runs trained at once, each in its own process with base.run.threads torch "
+            "threads (0 = one per core)"
+        },
+    )
 
     def validate(self) -> None:
         check_unique(self.methods)
         if not self.seeds or not self.rollouts:
             raise ValueError("seeds and rollouts must each list at least one value")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = one per core); got {self.workers}")
         for m in self.methods:
             if m.samples:
                 raise ValueError(
@@ -91,7 +106,6 @@ def run_config(cfg: SweepConfig, method: MethodSpec, n: int, seed: int, init: st
 def sweep(cfg: SweepConfig) -> dict:
     from maxrl.models.loading import quiet_transformers
     from maxrl.seeding import set_threads
-    from maxrl.train.rl import train
 
     set_threads(cfg.base.run.threads)
     quiet_transformers()
@@ -104,13 +118,80 @@ def sweep(cfg: SweepConfig) -> dict:
 
         init = str(run_sft(cfg.base, out / "sft"))
     grid = [(m, n, s) for m in cfg.methods for n in cfg.rollouts for s in cfg.seeds]
-    for i, (method, n, seed) in enumerate(grid, 1):
-        run = run_config(cfg, method, n, seed, init)
-        if (Path(run.run.out_dir) / "summary.json").exists():
-            continue
-        print(f"[{i}/{len(grid)}] {method.label} N={n} seed={seed}", flush=True)
-        train(run)
+    runs = [run_config(cfg, method, n, seed, init) for method, n, seed in grid]
+    todo = [run for run in runs if not (Path(run.run.out_dir) / "summary.json").exists()]
+    for run in todo:  # one progress view for the grid, not one bar per run
+        run.run.progress = False
+    _run_grid(todo, len(runs), workers=min(cfg.workers or _cores(), max(len(todo), 1)))
     return summarise(cfg)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _label(run: TrainConfig) -> str:
+    return str(Path(run.run.out_dir).relative_to(Path(run.run.out_dir).parents[2]))
+
+
+def _train_one(run: TrainConfig) -> str:
+    from maxrl.models.loading import quiet_transformers
+    from maxrl.seeding import set_threads
+    from maxrl.train.rl import train
+
+    set_threads(run.run.threads)
+    quiet_transformers()
+    train(run)
+    return run.run.out_dir
+
+
+def _run_grid(todo: list[TrainConfig], total: int, workers: int) -> None:
+    """Train the runs ``todo`` in ``workers`` processes (each with ``run.threads`` torch
+    threads), showing runs done, running and left, and the time left, for the whole grid."""
+    from tqdm.auto import tqdm
+
+    done = total - len(todo)
+    bar = tqdm(total=total, initial=done, desc="sweep", unit="run", dynamic_ncols=True)
+    running: dict = {}
+
+    def show() -> None:
+        left = total - bar.n - len(running)
+        bar.set_postfix_str(
+            f"running {len(running)}: {', '.join(sorted(running.values()))}; left {left}"
+        )
+
+    if workers <= 1:
+        for run in todo:
+            running[None] = _label(run)
+            show()
+            _train_one(run)
+            del running[None]
+            bar.update()
+        bar.close()
+        return
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch threads exist
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        pending = list(todo)
+        while pending or running:
+            while pending and len(running) < workers:
+                run = pending.pop(0)
+                running[pool.submit(_train_one, run)] = _label(run)
+            show()
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                label = running.pop(future)
+                try:
+                    future.result()
+                except BaseException as exc:
+                    pool.shutdown(cancel_futures=True)
+                    bar.close()
+                    raise RuntimeError(
+                        f"sweep run {label} failed: {exc!r}; finished runs are kept, and "
+                        f"running the same command again resumes the grid"
+                    ) from exc
+                bar.update()
+    show()
+    bar.close()
 
 
 def _final_eval(run_dir: Path) -> dict:

@@ -26,7 +26,7 @@ from maxrl.train.config import TrainConfig
 from maxrl.train.setup import NonFiniteLossError, Run, setup
 from maxrl.train.update import optimise
 
-__all__ = ["NonFiniteLossError", "main", "train"]
+__all__ = ["NonFiniteLossError", "main", "rl_step", "train"]
 
 
 def train(cfg: TrainConfig, task: Task | None = None) -> dict:
@@ -35,33 +35,11 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
     ``task`` overrides ``cfg.task`` with any object following :class:`maxrl.tasks.base.Task`.
     """
     run = setup(cfg, task)
-    roll, seed = cfg.rollout, cfg.run.seed
     for step in run.steps():
-        timer = Timer()
-        # 1. prompts, every draw seeded by (seed, step)
-        items = run.task.train_items(roll.prompts_per_step, seed=step_seed(seed, step, "prompts"))
-        # 2. N rollouts per prompt, scored by the verifier
-        groups = sample_groups(
-            run.model, run.tokenizer, run.task, items, roll.rollouts_per_prompt, run.sampler,
-            run.sampling, generator(seed, step, "rollouts"), roll.zero_reward_if_truncated,
-        )  # fmt: skip
-        rollout_s = timer.lap()
-        # 3. group advantages, (prompts, N)
-        adv = run.estimator(groups.rewards)
-        # 4. policy loss and optimiser step(s)
-        stats = optimise(
-            run.model, run.optimizer, groups, adv, cfg.algo, cfg.optim,
-            micro_batch_size=cfg.run.micro_batch_size, seed=seed, step=step, ref_model=run.ref,
-            precision=cfg.model.precision,
-        )  # fmt: skip
-        run.check_finite(stats, step)
-        run.scheduler.step()
-        train_s = timer.lap()
-        # 5. log, evaluate, checkpoint
-        record = {f"train/{k}": v for k, v in group_stats(groups.rewards).items()}
-        record.update(stats.metrics())
-        record.update(_step_record(run, groups, adv, step, rollout_s, train_s))
+        record = rl_step(run, step)
+        # 5. evaluate, log, checkpoint
         if step % cfg.eval.every == 0 or step == cfg.run.steps:
+            timer = Timer()
             record.update(run.evaluate(step))
             record["time/eval_s"] = timer.lap()
         run.log(step, record)
@@ -70,19 +48,45 @@ def train(cfg: TrainConfig, task: Task | None = None) -> dict:
     return run.finish()
 
 
-def _step_record(run: Run, groups, adv, step: int, rollout_s: float, train_s: float) -> dict:
-    roll = run.cfg.rollout
-    return {
-        "train/response_length": float(groups.lengths.float().mean()),
-        "train/truncated_frac": float(groups.truncated.float().mean()),
-        "train/verifier_errors": groups.verifier_errors,
-        "train/adv_abs_mean": float(adv.abs().mean()),
-        "train/lr": run.scheduler.get_last_lr()[0],
-        "train/rollouts": step * roll.prompts_per_step * roll.rollouts_per_prompt,
-        "time/rollout_s": rollout_s,
-        "time/train_s": train_s,
-        "time/rollout_tokens_per_s": int(groups.lengths.sum()) / max(rollout_s, 1e-9),
-    }
+def rl_step(run: Run, step: int) -> dict:
+    """One RL step, stages 1 to 4 of the pipeline; returns its training metrics."""
+    cfg, roll, seed = run.cfg, run.cfg.rollout, run.cfg.run.seed
+    timer = Timer()
+    # 1. prompts, every draw seeded by (seed, step)
+    items = run.task.train_items(roll.prompts_per_step, seed=step_seed(seed, step, "prompts"))
+    # 2. N rollouts per prompt, scored by the verifier
+    groups = sample_groups(
+        run.model, run.tokenizer, run.task, items, roll.rollouts_per_prompt, run.sampler,
+        run.sampling, generator(seed, step, "rollouts"), roll.zero_reward_if_truncated,
+    )  # fmt: skip
+    rollout_s = timer.lap()
+    # 3. group advantages, (prompts, N)
+    adv = run.estimator(groups.rewards)
+    # 4. policy loss and optimiser step(s)
+    stats = optimise(
+        run.model, run.optimizer, groups, adv, cfg.algo, cfg.optim,
+        micro_batch_size=cfg.run.micro_batch_size, seed=seed, step=step, ref_model=run.ref,
+        precision=cfg.model.precision,
+    )  # fmt: skip
+    run.check_finite(stats, step)
+    run.scheduler.step()
+    train_s = timer.lap()
+    record = {f"train/{k}": v for k, v in group_stats(groups.rewards).items()}
+    record.update(stats.metrics())
+    record.update(
+        {
+            "train/response_length": float(groups.lengths.float().mean()),
+            "train/truncated_frac": float(groups.truncated.float().mean()),
+            "train/verifier_errors": groups.verifier_errors,
+            "train/adv_abs_mean": float(adv.abs().mean()),
+            "train/lr": run.scheduler.get_last_lr()[0],
+            "train/rollouts": step * roll.prompts_per_step * roll.rollouts_per_prompt,
+            "time/rollout_s": rollout_s,
+            "time/train_s": train_s,
+            "time/rollout_tokens_per_s": int(groups.lengths.sum()) / max(rollout_s, 1e-9),
+        }
+    )
+    return record
 
 
 def main(argv: list[str]) -> int:
