@@ -74,6 +74,6 @@ def test_eval_on_math_needs_only_held_out_data(tmp_path):
     )
 
 
-def test_eval_without_a_checkpoint_is_an_error(tmp_path):
-    with pytest.raises(SystemExit, match="checkpoint=PATH"):
-        cli_main(["eval", "task=maze"])
+def test_eval_without_a_checkpoint_is_an_error(capsys):
+    assert cli_main(["eval", "task=maze"]) == 2
+    assert "maxrl eval: error: give checkpoint=PATH" in capsys.readouterr().err

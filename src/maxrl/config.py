@@ -59,6 +59,25 @@ def _explain(exc: OmegaConfBaseException, schema: type) -> str:
     return f"bad config value for {key!r}: {msg}"
 
 
+def flat_items(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"section.key": value}``."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flat_items(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_keys(saved: dict, new: dict, allowed=()) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, new value) for every dotted key where two configs differ, except the
+    keys in ``allowed``."""
+    a, b = flat_items(saved), flat_items(new)
+    keys = sorted(set(a) | set(b))
+    return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k) and k not in allowed]
+
+
 def to_dict(cfg: Any) -> dict:
     """A plain dict of a config dataclass (for saving next to a run)."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

@@ -106,6 +106,7 @@ def run_config(cfg: SweepConfig, method: MethodSpec, n: int, seed: int, init: st
 def sweep(cfg: SweepConfig) -> dict:
     from maxrl.models.loading import quiet_transformers
     from maxrl.seeding import set_threads
+    from maxrl.train.setup import check_resume
 
     set_threads(cfg.base.run.threads)
     quiet_transformers()
@@ -119,11 +120,19 @@ def sweep(cfg: SweepConfig) -> dict:
         init = str(run_sft(cfg.base, out / "sft"))
     grid = [(m, n, s) for m in cfg.methods for n in cfg.rollouts for s in cfg.seeds]
     runs = [run_config(cfg, method, n, seed, init) for method, n, seed in grid]
-    todo = [run for run in runs if not (Path(run.run.out_dir) / "summary.json").exists()]
+    for run in runs:  # a folder made with other settings is not silently reused
+        if (Path(run.run.out_dir) / "config.yaml").exists():
+            check_resume(run, Path(run.run.out_dir), step=0)
+    todo = [run for run in runs if not _finished(run)]
     for run in todo:  # one progress view for the grid, not one bar per run
         run.run.progress = False
     _run_grid(todo, len(runs), workers=min(cfg.workers or _cores(), max(len(todo), 1)))
     return summarise(cfg)
+
+
+def _finished(run: TrainConfig) -> bool:
+    summary = Path(run.run.out_dir) / "summary.json"
+    return summary.exists() and json.loads(summary.read_text())["after"]["step"] >= run.run.steps
 
 
 def _cores() -> int:

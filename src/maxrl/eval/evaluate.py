@@ -85,7 +85,7 @@ class EvalCommandConfig:
 def main(argv: list[str]) -> int:
     import json
 
-    from maxrl.config import parse_cli
+    from maxrl.config import ConfigError, parse_cli
     from maxrl.models.loading import load_policy
     from maxrl.tasks import TaskConfig, make_task
 
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
     if cfg is None:
         return 0
     if not cfg.checkpoint:
-        raise SystemExit("maxrl eval: give checkpoint=PATH (a folder written by save_pretrained)")
+        raise ConfigError("give checkpoint=PATH (a model folder written by save_pretrained)")
     model, tokenizer = load_policy(cfg.checkpoint)
     task = make_task(
         TaskConfig(

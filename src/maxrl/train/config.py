@@ -129,6 +129,11 @@ class RunConfig:
     tensorboard: bool = _h("also log to TensorBoard in out_dir/tb", True)
     wandb_project: str = _h("also log to Weights & Biases under this project (empty = off)", "")
     progress: bool = _h("show a progress bar", True)
+    allow_config_change: bool = _h(
+        "resume a run folder even where this config differs from the one it was started with "
+        "in more than RESUMABLE_KEYS (the new values apply from the resumed step on)",
+        False,
+    )
 
 
 @dataclass
@@ -156,6 +161,16 @@ class TrainConfig:
         _one_of("model.dtype", self.model.dtype, ("float32", "bfloat16"))
         _one_of("model.precision", self.model.precision, ("float32", "bfloat16", "auto"))
         _one_of("task.name", self.task.name, ("maze", "math"))
+        if self.task.name == "math" and not self.task.data:
+            raise ValueError(
+                "task.name=math needs task.data=PATH (JSONL, parquet or a datasets path) to "
+                "train on"
+            )
+        if self.task.name == "maze" and (self.task.maze_size < 5 or self.task.maze_size % 2 == 0):
+            raise ValueError(
+                f"task.maze_size must be an odd integer >= 5 (e.g. 9, 13 or the paper's 17); got "
+                f"{self.task.maze_size}"
+            )
         _one_of("rollout.backend", self.rollout.backend, ("kv", "hf", "vllm"))
         for key, value in [
             ("run.steps", self.run.steps),
@@ -175,6 +190,19 @@ class TrainConfig:
                 f"algo.minibatches={self.algo.minibatches} must divide rollout.prompts_per_step="
                 f"{self.rollout.prompts_per_step}: minibatches are made of whole groups"
             )
+
+
+# keys a resumed run may change (see maxrl.train.setup): its length, its logging and progress,
+# and its checkpoint cadence; anything else would make the resumed run a different experiment
+RESUMABLE_KEYS = (
+    "run.steps",
+    "run.progress",
+    "run.tensorboard",
+    "run.wandb_project",
+    "run.checkpoint_every",
+    "run.keep_checkpoints",
+    "run.allow_config_change",
+)
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

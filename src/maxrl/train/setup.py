@@ -12,10 +12,11 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from maxrl import advantages
-from maxrl.config import save_config, to_dict
+from maxrl.config import ConfigError, changed_keys, save_config, to_dict
 from maxrl.eval.evaluate import evaluator
 from maxrl.groups import make_rollout_sampler
 from maxrl.metrics import MetricsLogger
@@ -25,7 +26,7 @@ from maxrl.seeding import set_threads
 from maxrl.tasks import make_task
 from maxrl.tasks.base import Task
 from maxrl.train.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
-from maxrl.train.config import TrainConfig
+from maxrl.train.config import RESUMABLE_KEYS, TrainConfig
 from maxrl.train.optim import adamw
 from maxrl.train.update import UpdateStats
 
@@ -124,10 +125,18 @@ def setup(cfg: TrainConfig, task: Task | None = None) -> Run:
     set_threads(cfg.run.threads)
     quiet_transformers()
     out_dir = Path(cfg.run.out_dir)
+    if cfg.model.init and not Path(cfg.model.init).exists():
+        raise FileNotFoundError(
+            f"model.init={cfg.model.init!r} does not exist; give a folder written by "
+            f"save_pretrained (e.g. an SFT run's final/ folder), or leave it empty to warm-start "
+            f"with SFT"
+        )
+    resume = latest_checkpoint(out_dir)
+    if resume is not None:  # before anything in the folder changes
+        check_resume(cfg, out_dir, json.loads((resume / "state.json").read_text())["step"])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
 
-    resume = latest_checkpoint(out_dir)
     if resume is not None:
         init_path = json.loads((resume / "state.json").read_text())["init"]
         model, tokenizer = _restore_policy(cfg, resume, init_path)
@@ -191,6 +200,28 @@ def setup(cfg: TrainConfig, task: Task | None = None) -> Run:
         logger=logger,
         start=start,
     )
+
+
+def check_resume(cfg: TrainConfig, out_dir: Path, step: int) -> None:
+    """Refuse to resume ``out_dir`` with a config that differs from the one it was started with
+    in more than ``RESUMABLE_KEYS`` (unless ``run.allow_config_change``), or with fewer steps
+    than its checkpoint has done; the error names each key with both values."""
+    if cfg.run.steps < step:
+        raise ConfigError(
+            f"run.steps={cfg.run.steps} is below the {step} steps the checkpoint in {out_dir} "
+            f"has done; give run.steps >= {step} or another run.out_dir"
+        )
+    saved_path = out_dir / "config.yaml"
+    if cfg.run.allow_config_change or not saved_path.exists():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+    changes = changed_keys(saved, to_dict(cfg), allowed=RESUMABLE_KEYS)
+    if changes:
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+        raise ConfigError(
+            f"{out_dir} holds a run started with another config ({listed}); resume it with "
+            f"its own values, give another run.out_dir, or pass run.allow_config_change=true"
+        )
 
 
 def initial_policy(cfg: TrainConfig, out_dir: Path) -> str:
