@@ -316,3 +316,20 @@ def test_runs_are_deterministic_in_the_seed(tmp_path):
     a, b = strip(run(first)["maxrl_N8"]), strip(run(second)["maxrl_N8"])
     assert a == b
     assert a[0][-1]["eval/pass@1"] != a[1][-1]["eval/pass@1"]
+
+
+def test_a_noisy_verifier_scores_the_sampled_labels_and_spares_cross_entropy():
+    logits, labels = _fixed_logits()
+    spec = MethodSpec(estimator="maxrl", samples=64)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    _, clean = method_loss(spec, logits, labels, gen())
+    # every label scored the wrong way round: the reward is 1 - the clean reward
+    _, inverted = method_loss(spec, logits, labels, gen(), noise=(1.0, 1.0, gen()))
+    assert inverted == pytest.approx(1 - clean, rel=1e-12)
+    # every right label scored 0: all groups fail, so MaxRL's advantages and loss are 0
+    loss, reward = method_loss(spec, logits, labels, gen(), noise=(0.0, 1.0, gen()))
+    assert reward == 0.0 and loss.item() == 0.0
+    ce = MethodSpec(estimator="ce")
+    assert method_loss(ce, logits, labels, None, noise=(1.0, 1.0, gen()))[0].item() == (
+        method_loss(ce, logits, labels, None)[0].item()
+    )

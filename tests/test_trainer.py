@@ -286,16 +286,25 @@ def test_bad_config_raises_clearly(tmp_path, tiny_init, override, match):
         tiny_cfg(tmp_path, tiny_init, *extra, override)
 
 
+# shipped method configs whose name is not an estimator's: (estimator, settings they add)
+METHOD_CONFIGS = {"grpo_entropy": ("grpo", {"entropy_coef": 0.001})}
+
+
 def test_shipped_configs_resolve_to_the_estimator_they_name():
     files = sorted(CONFIGS.glob("maze_*.yaml"))
     names = {f.stem.removeprefix("maze_") for f in files}
     assert set(advantages.names()) <= names | {"paper", "quick"}, names
+    assert set(METHOD_CONFIGS) <= names
     for f in files:
         cfg = load_config(TrainConfig, f)
         name = f.stem.removeprefix("maze_")
         if name in advantages.names():
             assert cfg.algo.estimator == name, f
             advantages.validate_params(name, cfg.rollout.rollouts_per_prompt, **cfg.algo.params)
+        if name in METHOD_CONFIGS:
+            estimator, settings = METHOD_CONFIGS[name]
+            assert cfg.algo.estimator == estimator, f
+            assert {k: getattr(cfg.algo, k) for k in settings} == settings, f
 
 
 def test_cli_smoke_with_sft_warm_start(tmp_path):

@@ -17,6 +17,8 @@ maxrl         (r_i - rbar) / rbar;  0 for the group if K = 0  grad J_{N-1}
 maxrl_t       N c_{T,N}(K) r_i - b_i                          grad J_T, 1 <= T <= N
 pass_at_k     k [r_i + (1-r_i)(1 - C(N-K-1,k-1)/C(N-1,k-1))]  grad pass@k, 1 <= k <= N
               - b_i
+differential  (r_i - rbar)/(std_pop + eps) - c_s m_i r_i      none (a heuristic)
+_smoothing    + c_f m_i (1 - r_i)
 ============  ==============================================  ===================================
 
 ``maxrl`` is the paper's Algorithm 1. It is exactly unbiased for J_{N-1}, not J_N: dropping the
@@ -44,7 +46,13 @@ the figures).
 of pass@k; Walder and Karkhanis 2025, PKPO) with the leave-one-out unbiased pass@k of the other
 rollouts as baseline, b_i = k (1 - C(N-1-K_{-i},k)/C(N-1,k)), when k < N (none when k = N).
 
-Every estimator here depends on a group only through (r_i, N, K, sum r^2), so dense groups and
+``differential_smoothing`` is the paper's Differential Smoothing baseline (Table 3), as its code
+computes it: GRPO with the population standard deviation, then, with m_i the mean sampling
+log-probability of rollout i's response tokens, A_i -= c_s m_i for a correct rollout and
+A_i += c_f m_i for a wrong one (c_s = c_f = 0.05). It is the one estimator that reads more than
+the rewards: pass ``mean_logprob`` (groups, N) to :func:`compute` or the prepared estimator.
+
+Every other estimator depends on a group only through (r_i, N, K, sum r^2), so dense groups and
 ragged groups (flat rewards plus group ids) share one segment-sum implementation.
 """
 
@@ -78,14 +86,17 @@ class Estimator:
     min_group: int  # smallest group the estimator is defined on
     params: dict[str, Any] = field(default_factory=dict)  # name -> default (None: required)
     source: str = ""
+    uses_logprobs: bool = False  # reads each rollout's mean sampling log-probability too
 
 
 _REGISTRY: dict[str, Estimator] = {}
 
 
-def _register(name, *, target, binary, min_group, params=None, source=""):
+def _register(name, *, target, binary, min_group, params=None, source="", uses_logprobs=False):
     def deco(fn):
-        _REGISTRY[name] = Estimator(name, fn, target, binary, min_group, dict(params or {}), source)
+        _REGISTRY[name] = Estimator(
+            name, fn, target, binary, min_group, dict(params or {}), source, uses_logprobs
+        )
         return fn
 
     return deco
@@ -114,6 +125,7 @@ class _Groups:
     n: torch.Tensor  # same shape: the size of each element's group
     s: torch.Tensor  # same shape: the group's sum of rewards
     q: torch.Tensor  # same shape: the group's sum of squared rewards
+    m: torch.Tensor | None = None  # same shape: each rollout's mean sampling log-probability
 
 
 def _log_comb(n: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
@@ -218,6 +230,22 @@ def _pass_at_k(g: _Groups, k: int, baseline: str) -> torch.Tensor:
     return score - k * _subset_baseline(g, k, baseline, fallback=0.0)
 
 
+@_register(
+    "differential_smoothing",
+    target="none (a heuristic: GRPO plus a log-probability term)",
+    binary=True,
+    min_group=2,
+    params={"eps": 1e-6, "c_correct": 0.05, "c_incorrect": 0.05},
+    source="Tajwar et al. 2026, Table 3 baseline (Differential Smoothing, as the paper's code)",
+    uses_logprobs=True,
+)
+def _differential_smoothing(
+    g: _Groups, eps: float, c_correct: float, c_incorrect: float
+) -> torch.Tensor:
+    adv = _grpo(g, eps=eps, unbiased_std=False)
+    return adv - c_correct * g.m * g.r + c_incorrect * g.m * (1 - g.r)
+
+
 def _subset_baseline(g: _Groups, order: int, baseline: str, fallback: float) -> torch.Tensor:
     """Leave-one-out P(a random ``order``-subset of the other N-1 rollouts holds a success).
 
@@ -295,6 +323,7 @@ def compute(
     *,
     group_ids: torch.Tensor | Sequence[int] | None = None,
     reward_threshold: float | None = None,
+    mean_logprob: torch.Tensor | Sequence | None = None,
     **params,
 ) -> torch.Tensor:
     """Advantages of estimator ``name`` for groups of rewards.
@@ -306,6 +335,8 @@ def compute(
         group_ids: for flat rewards, an integer group label per rollout (ragged groups: any
             sizes, any order).
         reward_threshold: binarise rewards as ``r >= reward_threshold`` before estimating.
+        mean_logprob: each rollout's mean sampling log-probability over its response tokens,
+            the shape of ``rewards``; needed by ``differential_smoothing`` alone.
         **params: the estimator's parameters (``T`` for maxrl_t, ``k`` for pass_at_k, ...).
 
     Returns:
@@ -319,7 +350,8 @@ def compute(
                 f"rewards must have shape (groups, rollouts_per_prompt); got shape "
                 f"{tuple(r.shape)}. For flat or ragged batches pass group_ids"
             )
-        return prepare(name, r.shape[1], reward_threshold=reward_threshold, **params)(r)
+        prepared = prepare(name, r.shape[1], reward_threshold=reward_threshold, **params)
+        return prepared(r, mean_logprob=mean_logprob)
     est = get(name)
     r = torch.as_tensor(rewards)
     out_dtype = r.dtype if r.is_floating_point() else torch.float32
@@ -342,10 +374,10 @@ def compute(
     full = validate_params(name, int(sizes.min()), **params)
     sums = zeros.index_add(0, gid, flat)
     sq = zeros.index_add(0, gid, flat * flat)
-    groups = _Groups(r=flat, n=sizes[gid], s=sums[gid], q=sq[gid])
+    m = _mean_logprob(est, mean_logprob, flat.shape)
+    groups = _Groups(r=flat, n=sizes[gid], s=sums[gid], q=sq[gid], m=m)
     sizes = sizes.long().unique().tolist()
-    adv = _tabulated(est, groups, full, sizes) if est.binary else est.fn(groups, **full)
-    return adv.reshape(r.shape).to(out_dtype)
+    return _estimate(est, groups, full, sizes).reshape(r.shape).to(out_dtype)
 
 
 @dataclass(frozen=True)
@@ -362,7 +394,11 @@ class PreparedEstimator:
     params: dict[str, Any]
     reward_threshold: float | None = None
 
-    def __call__(self, rewards: torch.Tensor | Sequence) -> torch.Tensor:
+    def __call__(
+        self, rewards: torch.Tensor | Sequence, mean_logprob: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Advantages of (groups, N) rewards; ``mean_logprob`` (same shape) for an estimator
+        that reads the log-probabilities (``differential_smoothing``), ignored by the others."""
         r = torch.as_tensor(rewards)
         n = self.group_size
         if r.ndim != 2 or r.shape[1] != n:
@@ -379,11 +415,9 @@ class PreparedEstimator:
             n=torch.ones_like(flat) * n,
             s=flat.sum(1, keepdim=True).expand_as(flat),
             q=(flat * flat).sum(1, keepdim=True).expand_as(flat),
+            m=_mean_logprob(self.estimator, mean_logprob, flat.shape),
         )
-        if self.estimator.binary:
-            adv = _tabulated(self.estimator, groups, self.params, [n])
-        else:
-            adv = self.estimator.fn(groups, **self.params)
+        adv = _estimate(self.estimator, groups, self.params, [n])
         return adv.reshape(r.shape).to(out_dtype)
 
 
@@ -396,6 +430,29 @@ def prepare(
     """
     full = validate_params(name, rollouts_per_prompt, reward_threshold=reward_threshold, **params)
     return PreparedEstimator(get(name), rollouts_per_prompt, full, reward_threshold)
+
+
+def _estimate(est: Estimator, g: _Groups, params: dict, sizes: list[int]) -> torch.Tensor:
+    if est.binary and not est.uses_logprobs:
+        return _tabulated(est, g, params, sizes)
+    return est.fn(g, **params)
+
+
+def _mean_logprob(est: Estimator, mean_logprob, shape) -> torch.Tensor | None:
+    if not est.uses_logprobs:
+        return None
+    if mean_logprob is None:
+        raise ValueError(
+            f"estimator {est.name!r} reads each rollout's mean sampling log-probability; pass "
+            f"mean_logprob= (the shape of the rewards)"
+        )
+    m = torch.as_tensor(mean_logprob).detach().to(torch.float64)
+    if m.shape != shape or not bool(torch.isfinite(m).all()):
+        raise ValueError(
+            f"mean_logprob must be finite and shaped like the rewards {tuple(shape)}; got shape "
+            f"{tuple(m.shape)}"
+        )
+    return m
 
 
 def _checked(est: Estimator, flat: torch.Tensor, gid, reward_threshold) -> torch.Tensor:

@@ -10,6 +10,7 @@ slices its tensors out of the record; nothing downstream rediscovers the groups.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ class RolloutGroups:
         params: how the rollouts were sampled (the loss needs the temperature).
         pad_token_id: the id that fills ``rollouts.tokens`` after each rollout's end.
         verifier_errors: rollouts whose verification raised (each scored 0).
+        clean_rewards: the verifier's own (P, N) rewards when ``rewards`` went through a noisy
+            verifier (:func:`flip_rewards`), else None.
     """
 
     items: list[Item]
@@ -46,6 +49,7 @@ class RolloutGroups:
     params: SamplingParams
     pad_token_id: int
     verifier_errors: int = 0
+    clean_rewards: torch.Tensor | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -60,6 +64,11 @@ class RolloutGroups:
     def truncated(self) -> torch.Tensor:
         """(P * N,) whether each rollout hit ``max_new_tokens`` without a stop token."""
         return self.rollouts.truncated
+
+    def mean_logprobs(self) -> torch.Tensor:
+        """(P, N) mean sampling log-probability of each rollout over its response tokens."""
+        total = self.rollouts.logprobs.sum(1)
+        return (total / self.rollouts.lengths.clamp_min(1)).reshape(self.rewards.shape)
 
     def rows(self, groups: torch.Tensor) -> torch.Tensor:
         """Row indices of every rollout of the prompts ``groups`` (a 1-D index tensor)."""
@@ -186,6 +195,39 @@ def _safe_verify(task: Task, items, completions, **kwargs) -> tuple[list[float],
 def _as_reward(value) -> float:
     value = float(value)
     return value if math.isfinite(value) else 0.0
+
+
+def noisy_rewards(
+    rewards: torch.Tensor,
+    false_positive_rate: float,
+    false_negative_rate: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, int]]:
+    """A noisy verifier on binary rewards: each wrong one (0) becomes 1 with probability
+    ``false_positive_rate`` and each right one 0 with probability ``false_negative_rate``,
+    independently, from ``generator``. Returns the noisy rewards and the flips each way."""
+    draws = torch.rand(rewards.shape, generator=generator)
+    right = rewards > 0
+    to_one = ~right & (draws < false_positive_rate)
+    to_zero = right & (draws < false_negative_rate)
+    noisy = torch.where(to_one, torch.ones_like(rewards), rewards)
+    noisy = torch.where(to_zero, torch.zeros_like(rewards), noisy)
+    return noisy, {"flips_to_1": int(to_one.sum()), "flips_to_0": int(to_zero.sum())}
+
+
+def flip_rewards(
+    groups: RolloutGroups,
+    false_positive_rate: float,
+    false_negative_rate: float,
+    generator: torch.Generator,
+) -> tuple[RolloutGroups, dict[str, int]]:
+    """The record as a noisy verifier scores it (:func:`noisy_rewards`, ``generator`` seeded per
+    step so that a resumed run draws the same flips), the clean rewards kept in
+    ``clean_rewards``; and the counts of flips each way."""
+    noisy, flips = noisy_rewards(
+        groups.rewards, false_positive_rate, false_negative_rate, generator
+    )
+    return dataclasses.replace(groups, rewards=noisy, clean_rewards=groups.rewards), flips
 
 
 def group_stats(rewards: torch.Tensor) -> dict[str, float]:

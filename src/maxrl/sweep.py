@@ -264,6 +264,7 @@ def summarise(cfg: SweepConfig) -> dict:
             f"the coverage {cfg.baseline} reaches at k={k_big} "
             f"(pass@{k_big} = {curves[cfg.baseline].pass_at_k[-1]:.3f}): {factor:.2f}x"
         )
+    lines += _pass_rate_table(with_start, n_max)
     text = "\n".join(lines)
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(
@@ -303,6 +304,31 @@ def summarise(cfg: SweepConfig) -> dict:
         title=f"held-out pass@k after RL, N={n_max} (mean over seeds)",
     )
     return {"table": text, "factor": factor, "results": table}
+
+
+def _pass_rate_table(results: dict[str, dict[int, list[dict]]], n_max: int) -> list[str]:
+    """Markdown rows: the fraction of held-out prompts in each pass-rate bin after RL at the
+    largest N (and at the start), mean over seeds."""
+    from maxrl.eval.plots import pass_rate_bins
+
+    rows = {
+        name: by_n.get(n_max) or by_n.get(0)
+        for name, by_n in results.items()
+        if by_n.get(n_max) or by_n.get(0)
+    }
+    rows = {name: recs for name, recs in rows.items() if pass_rate_bins(recs[0])}
+    if not rows:
+        return []
+    intervals = [interval for interval, _ in pass_rate_bins(next(iter(rows.values()))[0])]
+    out = [
+        f"\nHeld-out prompts by pass rate (fraction of prompts, mean over seeds; N={n_max}):\n",
+        "| method | " + " | ".join(intervals) + " |",
+        "|---|" + "---|" * len(intervals),
+    ]
+    for name, recs in rows.items():
+        means = np.mean([[v for _, v in pass_rate_bins(r)] for r in recs], axis=0)
+        out.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
+    return out
 
 
 def main(argv: list[str]) -> int:

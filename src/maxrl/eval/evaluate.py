@@ -1,8 +1,13 @@
 """Evaluation: many samples per held-out prompt, scored by the task's verifier, summarised by
-the unbiased pass@k of :mod:`maxrl.passk` (never the biased bootstrap)."""
+the unbiased pass@k of :mod:`maxrl.passk` (never the biased bootstrap), the distribution of
+per-prompt pass rates (``eval/pass_rate/<bin>``: the fraction of prompts in each bin of
+:data:`maxrl.passk.PASS_RATE_BINS`), and, for a task whose answers compare (one with an
+``answer_key(completion)`` method, such as math), the unbiased majority-vote accuracy maj@k of
+:mod:`maxrl.majority`."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +42,35 @@ def evaluate(
     metrics["eval/response_length"] = float(groups.lengths.float().mean())
     metrics["eval/truncated_frac"] = float(groups.truncated.float().mean())
     metrics["eval/verifier_errors"] = groups.verifier_errors
+    histogram = passk.pass_rate_histogram_from_counts(samples, correct)
+    metrics.update({f"eval/pass_rate/{name}": v for name, v in histogram.items()})
+    answer_key = getattr(task, "answer_key", None)
+    if callable(answer_key):
+        metrics.update(majority_metrics(groups, answer_key, curve.ks))
     return metrics, curve
+
+
+def majority_metrics(groups, answer_key, ks) -> dict[str, float]:
+    """``eval/maj@k``: the unbiased maj@k from each prompt's samples, averaged over prompts.
+
+    A sample's vote is ``answer_key(completion)`` (None: no answer, which never wins). Every
+    sample the verifier scored correct votes for the one correct answer, so equivalent correct
+    answers written differently ("1/2", "0.5") are not split; a wrong sample votes for its own
+    answer string.
+    """
+    from maxrl.majority import maj_at_k
+
+    n = groups.group_size
+    totals = dict.fromkeys(ks, 0.0)
+    for g in range(groups.num_prompts):
+        right = groups.rewards[g] > 0
+        keys = [answer_key(c) for c in groups.completions[g * n : (g + 1) * n]]
+        wrong = Counter(k for k, ok in zip(keys, right.tolist()) if not ok and k is not None)
+        unanswered = sum(1 for k, ok in zip(keys, right.tolist()) if not ok and k is None)
+        counts = [int(right.sum()), *wrong.values()]
+        for k in ks:
+            totals[k] += maj_at_k(counts, 0 if counts[0] else None, k, unanswered)
+    return {f"eval/maj@{k}": v / groups.num_prompts for k, v in totals.items()}
 
 
 def evaluator(cfg, model, tokenizer, task: Task, sampler):

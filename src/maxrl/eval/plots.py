@@ -48,6 +48,39 @@ def plot_passk(
     plt.close(fig)
 
 
+def pass_rate_bins(record: dict) -> list[tuple[str, float]]:
+    """(bin interval, fraction of prompts) of one evaluation record, in bin order."""
+    from maxrl.passk import PASS_RATE_BINS
+
+    return [
+        (b.interval, record[f"eval/pass_rate/{b.name}"])
+        for b in PASS_RATE_BINS
+        if f"eval/pass_rate/{b.name}" in record
+    ]
+
+
+def plot_pass_rate_histogram(path: Path, records: dict[str, dict], title: str) -> None:
+    """The fraction of held-out prompts in each pass-rate bin, one bar per labelled record per
+    bin (e.g. before and after RL)."""
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / max(len(records), 1)
+    labels = []
+    for j, (label, record) in enumerate(records.items()):
+        bins = pass_rate_bins(record)
+        labels = [interval for interval, _ in bins]
+        xs = np.arange(len(bins)) + (j - (len(records) - 1) / 2) * width
+        ax.bar(xs, [v for _, v in bins], width=width, label=label)
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_xlabel("per-prompt pass rate (correct samples / samples)")
+    ax.set_ylabel("fraction of prompts")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_vs_step(
     path: Path,
     panels: list[tuple[str, str, dict[str, list[tuple[int, float]]]]],

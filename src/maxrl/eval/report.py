@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maxrl.eval.plots import curve_of, plot_passk, plot_vs_step
+from maxrl.eval.plots import curve_of, plot_pass_rate_histogram, plot_passk, plot_vs_step
 from maxrl.metrics import read_metrics
 
 
@@ -69,6 +69,12 @@ def write_report(out_dir: str | Path, last: dict | None = None) -> dict:
         out_dir / "pass_at_k.png",
         {f"step {before['step']}": before, f"step {after['step']}": after},
     )
+    if "eval/pass_rate/0" in before and "eval/pass_rate/0" in after:
+        plot_pass_rate_histogram(
+            out_dir / "pass_rate_histogram.png",
+            {f"step {before['step']}": before, f"step {after['step']}": after},
+            "held-out prompts by pass rate",
+        )
     panels = [
         ("train/reward_mean", "train reward"),
         ("eval/pass@1", "held-out pass@1"),

@@ -21,6 +21,14 @@ class TaskConfig:
     test_data: str = _h("math: held-out data (same formats)", "")
     test_count: int = _h("held-out prompts for evaluation", 64)
     verify_timeout: float = _h("math: seconds per answer check before it scores 0", 5.0)
+    false_positive_rate: float = _h(
+        "a noisy training verifier: the chance that a wrong rollout scores 1 (evaluation always "
+        "scores with the clean verifier)",
+        0.0,
+    )
+    false_negative_rate: float = _h(
+        "a noisy training verifier: the chance that a right rollout scores 0", 0.0
+    )
 
 
 def make_task(cfg: TaskConfig, tokenizer=None) -> Task:

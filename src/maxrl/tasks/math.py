@@ -43,6 +43,7 @@ from maxrl.tasks.checking import AnswerChecker
 INSTRUCTION = r"Please reason step by step, and put your final answer within \boxed{}."
 _QUESTION_KEYS = ("question", "problem", "prompt", "query")
 _GSM8K_ANNOTATION = re.compile(r"<<[^<>]*>>")  # calculator traces such as <<48/2=24>>
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +273,15 @@ class MathTask:
         if len(items) != len(completions):
             raise ValueError(f"got {len(items)} items but {len(completions)} completions")
         return self.checker([(str(item.reference), c) for item, c in zip(items, completions)])
+
+    def answer_key(self, completion: str) -> str | None:
+        r"""The answer a completion votes for in a majority vote: its last ``\boxed{}`` (or,
+        without one, its last number), spaces removed; None when it gives neither."""
+        boxed = last_boxed(completion)
+        if boxed is None:
+            numbers = _NUMBER.findall(completion)
+            boxed = numbers[-1].replace(",", "") if numbers else None
+        return None if not boxed else "".join(boxed.split())
 
     def close(self) -> None:
         """Stop the answer-checking workers."""

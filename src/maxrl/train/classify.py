@@ -36,8 +36,8 @@ from torch import Tensor, nn
 
 from maxrl import advantages, passk
 from maxrl.config import ConfigError, parse_cli, save_config
-from maxrl.eval.plots import plot_passk, plot_vs_step
-from maxrl.eval.report import mean_sd_cell
+from maxrl.eval.classify_report import plot, summary_table
+from maxrl.groups import noisy_rewards
 from maxrl.methods import CROSS_ENTROPY, MethodSpec, check_unique
 from maxrl.metrics import MetricsLogger, read_metrics
 from maxrl.seeding import generator, step_seed
@@ -110,6 +110,14 @@ class ClassifyConfig:
     )
     threads: int = field(default=1, metadata={"help": "torch CPU threads while training"})
     tensorboard: bool = field(default=False, metadata={"help": "also log to TensorBoard"})
+    false_positive_rate: float = field(
+        default=0.0,
+        metadata={"help": "noisy verifier: chance a wrong label scores 1 (RL methods only)"},
+    )
+    false_negative_rate: float = field(
+        default=0.0,
+        metadata={"help": "noisy verifier: chance the true label scores 0 (RL methods only)"},
+    )
     out_dir: str = field(
         default="runs/classify", metadata={"help": "where metrics, summary and plots go"}
     )
@@ -120,6 +128,9 @@ class ClassifyConfig:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"lr={self.lr} must be > 0")
+        for key in ("false_positive_rate", "false_negative_rate"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be in [0, 1)")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer={self.optimizer!r} is not one of 'sgd', 'adam'")
         if any(width < 1 for width in self.hidden_sizes):
@@ -186,11 +197,15 @@ def method_loss(
     labels: Tensor,
     generator: torch.Generator | None,
     estimator: advantages.PreparedEstimator | None = None,
+    noise: tuple[float, float, torch.Generator] | None = None,
 ) -> tuple[Tensor, float]:
     """The method's training loss on a batch, and the mean reward of its sampled labels.
 
     For ``ce`` the second value is the mean pass rate p itself (what the reward estimates).
-    ``estimator`` is the method's prepared estimator (prepared here when None).
+    ``estimator`` is the method's prepared estimator (prepared here when None); ``noise`` =
+    (false positive rate, false negative rate, generator) scores the sampled labels with a noisy
+    verifier (:func:`maxrl.groups.noisy_rewards`); cross-entropy reads the true labels and is
+    unaffected.
     """
     if method.estimator == CROSS_ENTROPY:
         loss = F.cross_entropy(logits, labels)
@@ -200,6 +215,8 @@ def method_loss(
         estimator = advantages.prepare(method.estimator, method.samples, **method.params)
     actions = sample_labels(logits, method.samples, generator)
     rewards = label_rewards(actions, labels)
+    if noise is not None:
+        rewards, _ = noisy_rewards(rewards, *noise)
     return policy_gradient_loss(logits, actions, estimator(rewards)), rewards.mean().item()
 
 
@@ -256,6 +273,9 @@ def train_method(
     optimizer = make_optimizer(cfg, model.parameters())
     batch_gen = generator(seed, 0, "batches")
     label_gen = generator(seed, 0, "labels")
+    noise = None
+    if cfg.false_positive_rate or cfg.false_negative_rate:
+        noise = (cfg.false_positive_rate, cfg.false_negative_rate, generator(seed, 0, "noise"))
     estimator = None
     if method.estimator != CROSS_ENTROPY:
         estimator = advantages.prepare(method.estimator, method.samples, **method.params)
@@ -269,7 +289,7 @@ def train_method(
     start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         x, y = task.train_batch(cfg.batch_size, batch_gen)
-        loss, reward = method_loss(method, model(x), y, label_gen, estimator)
+        loss, reward = method_loss(method, model(x), y, label_gen, estimator, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -326,69 +346,6 @@ def run(cfg: ClassifyConfig) -> dict[str, dict[int, list[dict]]]:
     print(table)
     plot(results, cfg, out, task.num_classes)
     return results
-
-
-# -- reporting --------------------------------------------------------------------------------
-
-
-def summary_table(results: dict[str, dict[int, list[dict]]], cfg: ClassifyConfig) -> str:
-    """Markdown table of the final evaluation, mean (± sd over seeds when there are several)."""
-    k = cfg.max_k
-    columns = [
-        ("test pass@1", "eval/pass@1", 4),
-        ("top-1 acc", "eval/top1", 4),
-        (f"pass@{k}", f"eval/pass@{k}", 4),
-        ("-log pass@1", "eval/neg_log_pass@1", 3),
-        (f"-log pass@{k}", f"eval/neg_log_pass@{k}", 3),
-        ("mean log p", "eval/mean_log_p", 3),
-        ("wall s", "time/wall_s", 2),
-    ]
-    lines = ["| method | " + " | ".join(c[0] for c in columns) + " |"]
-    lines.append("|" + "---|" * (len(columns) + 1))
-    for label, by_seed in results.items():
-        final = [records[-1] for records in by_seed.values()]
-        cells = [mean_sd_cell([r[key] for r in final], digits) for _, key, digits in columns]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot(results: dict[str, dict[int, list[dict]]], cfg: ClassifyConfig, out: Path, classes: int):
-    """Test pass@1 against step, and final pass@k against k, one line per method (seed mean)."""
-    title = _task_title(cfg)
-    mean_curves = {}
-    for label, by_seed in results.items():
-        runs = list(by_seed.values())
-        steps = [r["step"] for r in runs[0]]
-        mean_curves[label] = [
-            {key: sum(rs[i][key] for rs in runs) / len(runs) for key in runs[0][i]} | {"step": s}
-            for i, s in enumerate(steps)
-        ]
-    plot_vs_step(
-        out / "pass1_vs_step.png",
-        [
-            (
-                f"classification as RL: {title}",
-                "test pass@1 (mean p of true class)",
-                {
-                    label: [(r["step"], r["eval/pass@1"]) for r in recs]
-                    for label, recs in mean_curves.items()
-                },
-            )
-        ],
-        hline=1 / classes,
-    )
-    ks = passk.powers_of_two(cfg.max_k)
-    plot_passk(
-        out / "passk_vs_k.png",
-        {label: recs[-1] for label, recs in mean_curves.items()},
-        title=f"pass@k after {cfg.steps} steps: {title}",
-        baseline=("chance (start)", ks, [1 - (1 - 1 / classes) ** k for k in ks]),
-    )
-
-
-def _task_title(cfg: ClassifyConfig) -> str:
-    name = Path(cfg.data).stem
-    return f"{name} x{cfg.arity}" if cfg.arity > 1 else name
 
 
 def main(argv: list[str] | None = None) -> int:

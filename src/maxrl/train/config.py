@@ -73,6 +73,11 @@ class AlgoConfig:
     )
     clip_eps: float = _h("PPO ratio clip range (inactive when on-policy: the ratio is 1)", 0.2)
     kl_coef: float = _h("weight of the k3 KL penalty to the frozen initial policy (0 = off)", 0.0)
+    entropy_coef: float = _h(
+        "weight of a token-level entropy bonus in the policy loss, with any estimator (the "
+        "paper's GRPO + entropy; 0 = off)",
+        0.0,
+    )
 
 
 @dataclass
@@ -161,6 +166,10 @@ class TrainConfig:
         _one_of("model.dtype", self.model.dtype, ("float32", "bfloat16"))
         _one_of("model.precision", self.model.precision, ("float32", "bfloat16", "auto"))
         _one_of("task.name", self.task.name, ("maze", "math"))
+        for key in ("false_positive_rate", "false_negative_rate"):
+            rate = getattr(self.task, key)
+            if not 0 <= rate < 1:
+                raise ValueError(f"task.{key} must be in [0, 1); got {rate}")
         if self.task.name == "math" and not self.task.data:
             raise ValueError(
                 "task.name=math needs task.data=PATH (JSONL, parquet or a datasets path) to "

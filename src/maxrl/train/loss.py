@@ -5,6 +5,10 @@ tokens) and the log-probabilities the rollout was sampled with, o_{i,t}:
 
     ratio_{i,t} = exp(l_{i,t} - o_{i,t})
     u_{i,t} = -min(ratio A_i, clip(ratio, 1 - eps, 1 + eps) A_i)  [+ beta * k3 KL to a reference]
+                                                                   [- gamma * H_{i,t}]
+
+with H_{i,t} the entropy of the policy's next-token distribution at that position (an entropy
+bonus of weight gamma, the paper's "GRPO + entropy" baseline; it works with any advantage).
 
 On-policy (one optimiser step per rollout batch, the paper's setting) the ratio is exactly 1 and
 clipping never fires; ``on_policy=True`` then uses ratio = exp(l - stop_grad(l)), whose gradient is
@@ -42,6 +46,8 @@ def policy_loss(
     on_policy: bool,
     ref_logp: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> LossOutput:
     """Loss of one micro-batch; ``denom`` is the aggregation denominator of the whole minibatch.
 
@@ -50,6 +56,8 @@ def policy_loss(
         advantages: (B,) one advantage per sequence.
         agg: token_mean | seq_mean | seq_sum.
         denom: token_mean: response tokens in the minibatch; seq_*: sequences in the minibatch.
+        entropy, entropy_coef: (B, T) per-token entropies with their gradient, and the weight
+            of the bonus (``entropy`` is needed when ``entropy_coef`` is not 0).
     """
     mask = mask.to(logp.dtype)
     adv = advantages[:, None].to(logp.dtype)
@@ -68,6 +76,10 @@ def policy_loss(
         delta = ref_logp - logp
         kl = torch.exp(delta) - delta - 1  # k3: unbiased, non-negative
         per_token = per_token + kl_coef * kl
+    if entropy_coef:
+        if entropy is None:
+            raise ValueError("entropy_coef is set but no per-token entropies were given")
+        per_token = per_token - entropy_coef * entropy
     if agg == "token_mean":
         total = (per_token * mask).sum()
     elif agg == "seq_mean":

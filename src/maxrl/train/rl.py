@@ -18,7 +18,7 @@ latest one, and replays exactly what the uninterrupted run would have done.
 from __future__ import annotations
 
 from maxrl.config import parse_cli
-from maxrl.groups import group_stats, sample_groups
+from maxrl.groups import flip_rewards, group_stats, sample_groups
 from maxrl.metrics import Timer
 from maxrl.seeding import generator, step_seed
 from maxrl.tasks.base import Task
@@ -59,9 +59,15 @@ def rl_step(run: Run, step: int) -> dict:
         run.model, run.tokenizer, run.task, items, roll.rollouts_per_prompt, run.sampler,
         run.sampling, generator(seed, step, "rollouts"), roll.zero_reward_if_truncated,
     )  # fmt: skip
+    flips = {}
+    if cfg.task.false_positive_rate or cfg.task.false_negative_rate:  # a noisy verifier
+        noise = generator(seed, step, "verifier_noise")
+        groups, flips = flip_rewards(
+            groups, cfg.task.false_positive_rate, cfg.task.false_negative_rate, noise
+        )
     rollout_s = timer.lap()
     # 3. group advantages, (prompts, N)
-    adv = run.estimator(groups.rewards)
+    adv = run.estimator(groups.rewards, mean_logprob=groups.mean_logprobs())
     # 4. policy loss and optimiser step(s)
     stats = optimise(
         run.model, run.optimizer, groups, adv, cfg.algo, cfg.optim,
@@ -72,6 +78,9 @@ def rl_step(run: Run, step: int) -> dict:
     run.scheduler.step()
     train_s = timer.lap()
     record = {f"train/{k}": v for k, v in group_stats(groups.rewards).items()}
+    if groups.clean_rewards is not None:
+        record["train/clean_reward_mean"] = float(groups.clean_rewards.mean())
+        record.update({f"train/{k}": v for k, v in flips.items()})
     record.update(stats.metrics())
     record.update(
         {

@@ -109,7 +109,7 @@ def optimise(
                         n,
                         pad_id,
                         temp,
-                        entropy=epoch == 0,
+                        entropy=epoch == 0 or algo.entropy_coef != 0,
                     )
                 width = logp.shape[1]
                 out = policy_loss(
@@ -123,12 +123,14 @@ def optimise(
                     on_policy=on_policy,
                     ref_logp=None if ref_logp is None else ref_logp[seqs, :width],
                     kl_coef=algo.kl_coef,
+                    entropy=ent,
+                    entropy_coef=algo.entropy_coef,
                 )
                 out.loss.backward()
                 mb_loss += out.loss.item()
                 totals["clip_frac"] += float(out.clip_frac)
                 totals["kl"] += float(out.kl)
-                if ent is not None:
+                if epoch == 0:
                     ent_sum += float(ent.detach().sum())
                     ent_count += float(mask.sum())
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
