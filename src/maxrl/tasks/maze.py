@@ -2,7 +2,14 @@
 
 A maze is an odd ``size x size`` int8 grid whose cells (odd coordinates) are joined by carved
 passages. The start is (1, 1), the goal (size-2, size-2). The policy reads the grid as word tokens
-and must answer with moves that walk from START to GOAL; the reward is binary (MAXRL.md section 5).
+and must answer with moves that walk from START to GOAL; the reward is binary (the paper, arXiv
+2602.02710, section 5).
+
+The mazes are those of the paper's own dataset script: :func:`generate_maze` and
+:func:`maze_stream` follow its randomised Prim's algorithm draw for draw, so the same size, seed and
+count give the same mazes in the same order, and :func:`official_dataset` (``maxrl maze-data
+format=official``) writes the same ``train.json`` and ``test.json`` (the paper's set: 1M 17x17
+training mazes and 256 test mazes).
 
 Grid codes: ``PATH`` (0) and ``WALL`` (1) are all that :func:`generate_maze` writes; a grid read
 back from a prompt also carries ``START`` (2) and ``GOAL`` (3) where the prompt puts them, because
@@ -18,8 +25,10 @@ Text (space-separated word tokens, one per vocabulary id of :func:`maxrl.models.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -64,57 +73,87 @@ MAZE_TOKENS = (
 # test seeds count up from seed_offset and never reach that range (test_count < _TRAIN_SEED_LOW).
 _TRAIN_SEED_LOW, _TRAIN_SEED_HIGH = 2**40, 2**62
 
+# The paper's direction order for cells two squares apart: (row step, column step).
+_CELL_STEPS = ((0, 2), (2, 0), (0, -2), (-2, 0))
+
 
 def _check_size(size: int) -> None:
     if not isinstance(size, (int, np.integer)) or size < 5 or size % 2 == 0:
         raise ValueError(f"maze size must be an odd integer >= 5 (e.g. 9 or 17); got {size!r}")
 
 
-def generate_maze(size: int, seed: int) -> np.ndarray:
-    """A perfect maze (every open cell reachable, no cycles) by randomised Prim's algorithm.
+@lru_cache(maxsize=32)
+def _cell_neighbours(size: int) -> tuple[tuple[int, ...], ...]:
+    """For each flat index of a cell (odd row and column), its cells two squares away.
 
-    The lattice of cells at odd coordinates grows from (1, 1) as a spanning tree: each step picks a
-    uniformly random frontier edge (tree cell -> neighbour two squares away) and, if the neighbour
-    is not yet in the tree, opens it and the wall square between. Deterministic in ``seed``.
+    In ``_CELL_STEPS`` order, keeping those strictly inside the border. For a cell of an odd-sized
+    grid these are also exactly its cells two squares away inside the grid (the border rows and
+    columns have even coordinates), so one table serves both of the algorithm's neighbour lists.
+    """
+    table: list[tuple[int, ...]] = [()] * (size * size)
+    for r in range(1, size - 1, 2):
+        for c in range(1, size - 1, 2):
+            table[r * size + c] = tuple(
+                (r + dr) * size + c + dc
+                for dr, dc in _CELL_STEPS
+                if 0 < r + dr < size - 1 and 0 < c + dc < size - 1
+            )
+    return tuple(table)
+
+
+def _draw_maze(size: int, rng: random.Random) -> np.ndarray:
+    """One maze drawn from ``rng`` by the paper's randomised Prim's algorithm.
+
+    The grid starts all walls and the start cell is opened; the frontier lists the wall cells two
+    squares from the start. Each step removes a uniformly random frontier cell
+    (``rng.randint(0, len - 1)``), joins it through the square between to one of its open cells
+    two squares away (``rng.choice``), and appends its wall cells two squares away that are not
+    already listed. Every list is in ``_CELL_STEPS`` order and every draw is the paper's, so the
+    stream of mazes matches its dataset script maze for maze.
+    """
+    neighbours = _cell_neighbours(size)
+    flat = [WALL] * (size * size)
+    start, goal = size + 1, (size - 2) * size + size - 2
+    flat[start] = PATH
+    frontier = [cell for cell in neighbours[start] if flat[cell] == WALL]
+    listed = set(frontier)  # the frontier's members, for an O(1) "not already listed"
+    randint, choice = rng.randint, rng.choice
+    while frontier:
+        cell = frontier.pop(randint(0, len(frontier) - 1))
+        listed.discard(cell)
+        joined = [other for other in neighbours[cell] if flat[other] == PATH]
+        if joined:
+            # Two cells in one row or column: the flat index halfway is the square between them.
+            flat[(cell + choice(joined)) // 2] = PATH
+            flat[cell] = PATH
+            for other in neighbours[cell]:
+                if flat[other] == WALL and other not in listed:
+                    frontier.append(other)
+                    listed.add(other)
+    flat[start] = flat[goal] = PATH
+    return np.array(flat, dtype=np.int8).reshape(size, size)
+
+
+def maze_stream(size: int, seed: int) -> Iterator[np.ndarray]:
+    """Mazes drawn one after another from one ``random.Random(seed)``, as the paper's dataset
+    script draws them: the first ``count`` are its ``count`` mazes, in its order. Endless."""
+    _check_size(size)
+    rng = random.Random(seed)
+    return (_draw_maze(size, rng) for _ in itertools.count())
+
+
+def generate_maze(size: int, seed: int) -> np.ndarray:
+    """A perfect maze (every open cell reachable, no cycles), the first of ``random.Random(seed)``.
+
+    The same as ``next(maze_stream(size, seed))``: the paper's randomised Prim's algorithm (see
+    :func:`maze_stream`), which grows a spanning tree of the cells at odd coordinates from (1, 1)
+    by adding a uniformly random frontier cell at each step. Deterministic in ``seed``; the global
+    random state plays no part.
 
     Returns an int8 ``size x size`` array of ``PATH`` and ``WALL``.
     """
     _check_size(size)
-    n = (size - 1) // 2  # cells per side
-    rng = np.random.default_rng(seed)
-    # Each cell pushes at most 4 frontier edges, so 4 n^2 draws always suffice; drawing them in
-    # one call is an order of magnitude faster than one Generator call per step.
-    draws = rng.random(4 * n * n).tolist()
-    flat = [WALL] * (size * size)
-    in_tree = [False] * (n * n)
-    frontier: list[tuple[int, int]] = []
-
-    def grow(cell: int) -> None:
-        in_tree[cell] = True
-        i, j = divmod(cell, n)
-        flat[(2 * i + 1) * size + 2 * j + 1] = PATH
-        if i > 0 and not in_tree[cell - n]:
-            frontier.append((cell, cell - n))
-        if i < n - 1 and not in_tree[cell + n]:
-            frontier.append((cell, cell + n))
-        if j > 0 and not in_tree[cell - 1]:
-            frontier.append((cell, cell - 1))
-        if j < n - 1 and not in_tree[cell + 1]:
-            frontier.append((cell, cell + 1))
-
-    grow(0)
-    step = 0
-    while frontier:
-        k = int(draws[step] * len(frontier))
-        step += 1
-        frontier[k], frontier[-1] = frontier[-1], frontier[k]
-        a, b = frontier.pop()
-        if in_tree[b]:
-            continue
-        (ai, aj), (bi, bj) = divmod(a, n), divmod(b, n)
-        flat[(ai + bi + 1) * size + aj + bj + 1] = PATH  # the wall square between a and b
-        grow(b)
-    return np.array(flat, dtype=np.int8).reshape(size, size)
+    return _draw_maze(size, random.Random(seed))
 
 
 def _as_grid(grid) -> np.ndarray:
@@ -309,6 +348,40 @@ def grid_id(grid) -> str:
     return f"maze{marked.shape[0]}x{marked.shape[1]}-{digest}"
 
 
+def format_sequence(grid) -> str:
+    """A whole demonstration as the paper's data files hold it: prompt, answer, ``<eos>``."""
+    return f"{format_prompt(grid)} {format_answer(solve(grid))} {EOS}"
+
+
+def official_dataset(
+    size: int, count: int, seed: int = 0, test_size: int = 256
+) -> tuple[list[dict], list[dict]]:
+    """(train, test) records exactly as the paper's dataset script writes them.
+
+    ``count`` mazes are drawn one after another from ``random.Random(seed)`` (:func:`maze_stream`);
+    any without a path from start to goal is dropped (a perfect maze always has one); the list is
+    shuffled by a fresh ``random.Random(seed)``; the first ``test_size`` records are the test set
+    and the rest the training set. A record is ``{"sequence": <bos> GRID_START ... DONE <eos>,
+    "optimal_path_length": number of moves}``. The paper's set is ``size=17, count=1_000_000,
+    seed=0, test_size=256``. Both lists may share a maze: the script does not deduplicate.
+    """
+    _check_size(size)
+    if count < 1:
+        raise ValueError(f"count must be >= 1; got {count}")
+    if not 0 <= test_size <= count:
+        raise ValueError(f"test_size must be in [0, count={count}]; got {test_size}")
+    records = []
+    for grid in itertools.islice(maze_stream(size, seed), count):
+        try:
+            moves = solve(grid)
+        except ValueError:
+            continue
+        sequence = f"{format_prompt(grid)} {format_answer(moves)} {EOS}"
+        records.append({"sequence": sequence, "optimal_path_length": len(moves)})
+    random.Random(seed).shuffle(records)
+    return records[test_size:], records[:test_size]
+
+
 def _make_item(size: int, seed: int, split: str) -> Item:
     grid = mark_endpoints(generate_maze(size, seed))
     return Item(
@@ -329,6 +402,7 @@ class MazeTask:
     ``[seed_offset + 2**40, seed_offset + 2**62)`` by a generator seeded with the ``seed`` argument,
     and any maze whose grid equals a test maze is dropped, so disjointness holds by construction
     even where two seeds give the same maze (small sizes have few distinct mazes: 4 at size 5).
+    Each maze is ``generate_maze(size, maze_seed)``, a draw from the paper's maze distribution.
 
     Items carry ``reference`` = the grid as nested tuples (START/GOAL marked), ``target`` = the BFS
     answer, and ``meta`` = {size, seed, split}; ``id`` is a hash of the grid.
@@ -422,27 +496,55 @@ def _endpoints_of(cells: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, int], 
     return endpoints(cells)
 
 
+FORMATS = ("jsonl", "official")
+
+
 @dataclass
 class MazeDataConfig:
     """Options of ``maxrl maze-data``."""
 
     size: int = field(default=9, metadata={"help": "maze side length, odd and >= 5 (paper: 17)"})
-    count: int = field(default=1000, metadata={"help": "number of mazes to write"})
-    split: str = field(default="train", metadata={"help": "train or test"})
-    seed: int = field(
-        default=0, metadata={"help": "sampling seed of the train split (test: fixed)"}
+    count: int = field(
+        default=1000,
+        metadata={"help": "jsonl: mazes to write; official: mazes to draw (paper: 1000000)"},
     )
-    out: str = field(default="???", metadata={"help": "output JSONL path (required)"})
+    format: str = field(
+        default="jsonl",
+        metadata={"help": "jsonl (one split, one file) | official (the paper's train/test.json)"},
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "jsonl: sampling seed of the train split (test: fixed); "
+            "official: the dataset seed (paper: 0)"
+        },
+    )
+    out: str = field(
+        default="???", metadata={"help": "jsonl: output file; official: output folder (required)"}
+    )
+    split: str = field(default="train", metadata={"help": "jsonl: train or test"})
     test_count: int = field(
-        default=256, metadata={"help": "size of the held-out set that train mazes avoid"}
+        default=256, metadata={"help": "jsonl: size of the held-out set that train mazes avoid"}
+    )
+    test_size: int = field(
+        default=256, metadata={"help": "official: mazes in test.json (the rest go to train.json)"}
     )
 
     def validate(self) -> None:
         _check_size(self.size)
-        if self.split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test'; got {self.split!r}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}; got {self.format!r}")
         if self.count < 1:
             raise ValueError(f"count must be >= 1; got {self.count}")
+        if self.format == "official":
+            if not 0 <= self.test_size <= self.count:
+                raise ValueError(
+                    f"test_size={self.test_size} must be in [0, count={self.count}]; "
+                    f"lower test_size or raise count"
+                )
+            return
+        if self.split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test'; got {self.split!r}")
         if self.split == "test" and self.count > self.test_count:
             raise ValueError(
                 f"count={self.count} exceeds test_count={self.test_count}; "
@@ -451,10 +553,13 @@ class MazeDataConfig:
 
 
 def main(argv: list[str]) -> int:
-    """``maxrl maze-data size=9 count=1000 split=train out=train.jsonl``."""
+    """``maxrl maze-data size=9 count=1000 split=train out=train.jsonl``, or
+    ``maxrl maze-data size=17 count=1000000 seed=0 format=official out=DIR``."""
     cfg = _parse(argv)
     if cfg is None:
         return 0
+    if cfg.format == "official":
+        return _write_official(cfg)
     task = MazeTask(size=cfg.size, test_count=cfg.test_count)
     if cfg.split == "test":
         items = task.test_items(cfg.count)
@@ -476,12 +581,41 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _write_official(cfg: MazeDataConfig) -> int:
+    train, test = official_dataset(cfg.size, cfg.count, cfg.seed, cfg.test_size)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "size": cfg.size,
+        "seed": cfg.seed,
+        "algorithm": "prim",
+        "num_train": len(train),
+        "num_test": len(test),
+        "test_size": cfg.test_size,
+    }
+    for name, data in (
+        ("train.json", train),
+        ("test.json", test),
+        ("training_metadata.json", metadata),
+    ):
+        with (out / name).open("w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False)
+    print(f"wrote {len(train)} training and {len(test)} test mazes of size {cfg.size} to {out}")
+    return 0
+
+
 def _parse(argv: list[str]) -> MazeDataConfig | None:
     from maxrl.config import parse_cli
 
     doc = (
-        "Write mazes as JSONL, one object per line with fields id, prompt, answer, size, seed; "
-        "generate_maze(size, seed) rebuilds a maze. The train split never holds a test maze."
+        "Write mazes of the paper's generator. format=jsonl (the default) writes one split to "
+        "the file out, one object per line with fields id, prompt, answer, size, seed "
+        "(generate_maze(size, seed) rebuilds a maze); the train split never holds a test maze. "
+        "format=official writes out/train.json, out/test.json and out/training_metadata.json as "
+        "the paper's dataset script does: count mazes drawn from one random.Random(seed), "
+        "shuffled, the first test_size to test.json; each file a JSON list of "
+        '{"sequence": "<bos> GRID_START ... DONE <eos>", "optimal_path_length": n}. The paper\'s '
+        "set: size=17 count=1000000 seed=0 test_size=256."
     )
     return parse_cli(MazeDataConfig, argv, "maze-data", doc)
 
@@ -499,10 +633,13 @@ __all__ = [
     "endpoints",
     "format_answer",
     "format_prompt",
+    "format_sequence",
     "generate_maze",
     "grid_id",
     "main",
     "mark_endpoints",
+    "maze_stream",
+    "official_dataset",
     "parse_prompt",
     "score_moves",
     "solve",
