@@ -3,9 +3,18 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 
-from maxrl.models import PRESETS, VOCAB, build_model, load_tokenizer, maze_tokenizer
+from maxrl.models import (
+    MAZE_IDS,
+    PRESETS,
+    VOCAB,
+    build_model,
+    check_maze_vocabulary,
+    load_tokenizer,
+    maze_tokenizer,
+)
 from maxrl.tasks.maze import MazeTask, format_prompt, generate_maze, verify
 
+# The ids of the tokenizer of the paper's maze checkpoint.
 NAMED_IDS = {
     "<pad>": 0,
     "<bos>": 1,
@@ -14,16 +23,24 @@ NAMED_IDS = {
     "GRID_START": 4,
     "GRID_END": 5,
     "PATH_START": 6,
-    "START": 7,
-    "GOAL": 8,
+    "DONE": 7,
+    "PATH": 8,
     "WALL": 9,
-    "PATH": 10,
-    "NEWLINE": 11,
-    "UP": 12,
-    "DOWN": 13,
-    "LEFT": 14,
-    "RIGHT": 15,
-    "DONE": 16,
+    "GOAL": 10,
+    "START": 11,
+    "NEWLINE": 12,
+    "UP": 13,
+    "DOWN": 14,
+    "LEFT": 15,
+    "RIGHT": 16,
+}
+SPARE_IDS = {"\n": 17, **{f"RESERVED_{i}": 18 + i for i in range(14)}}
+# The ids maxrl used before it took the paper's: same 32 entries, other order.
+OLD_IDS = {
+    **{tok: i for i, tok in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", "GRID_START"])},
+    **{"GRID_END": 5, "PATH_START": 6, "START": 7, "GOAL": 8, "WALL": 9, "PATH": 10},
+    **{"NEWLINE": 11, "UP": 12, "DOWN": 13, "LEFT": 14, "RIGHT": 15, "DONE": 16},
+    **{f"<reserved_{i}>": 17 + i for i in range(15)},
 }
 
 
@@ -35,8 +52,7 @@ def tokenizer():
 def test_vocabulary_ids(tokenizer):
     assert len(tokenizer) == 32 and len(VOCAB) == 32
     vocab = tokenizer.get_vocab()
-    assert {tok: vocab[tok] for tok in NAMED_IDS} == NAMED_IDS
-    assert [vocab[f"<reserved_{i}>"] for i in range(15)] == list(range(17, 32))
+    assert vocab == {**NAMED_IDS, **SPARE_IDS} == MAZE_IDS | SPARE_IDS
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id) == (0, 1)
     assert (tokenizer.eos_token_id, tokenizer.unk_token_id) == (2, 3)
     assert sorted(tokenizer.all_special_ids) == [0, 1, 2, 3]
@@ -44,15 +60,15 @@ def test_vocabulary_ids(tokenizer):
 
 def test_encode_adds_nothing_and_maps_unknown_words(tokenizer):
     text = "<bos> GRID_START WALL lava NEWLINE GRID_END PATH_START"
-    expected = [1, 4, 9, 3, 11, 5, 6]
+    expected = [1, 4, 9, 3, 12, 5, 6]
     assert tokenizer(text).input_ids == expected
     assert tokenizer(text, add_special_tokens=False).input_ids == expected
-    assert tokenizer("  UP\n\tDONE ").input_ids == [12, 16]
+    assert tokenizer("  UP\n\tDONE ").input_ids == [13, 7]  # "\n" is whitespace, never id 17
 
 
 def test_decode_is_read_back_by_the_verifier(tokenizer):
-    assert tokenizer.decode([12, 16, 2]) == "UP DONE <eos>"
-    assert tokenizer.decode([12, 16, 2, 0, 0], skip_special_tokens=True) == "UP DONE"
+    assert tokenizer.decode([13, 7, 2]) == "UP DONE <eos>"
+    assert tokenizer.decode([13, 7, 2, 0, 0], skip_special_tokens=True) == "UP DONE"
     item = MazeTask(size=9).test_items(1)[0]
     prompt_ids = tokenizer(item.prompt).input_ids
     assert len(prompt_ids) == len(item.prompt.split()) and 3 not in prompt_ids
@@ -70,7 +86,7 @@ def test_tokenizer_save_and_reload(tokenizer, tmp_path, loader):
     text = format_prompt(generate_maze(17, 0)) + " DOWN RIGHT DONE <eos> <pad> junk"
     assert loaded(text).input_ids == tokenizer(text).input_ids
     assert loaded.get_vocab() == tokenizer.get_vocab()
-    ids = [12, 13, 14, 15, 16, 2, 0]
+    ids = [13, 14, 15, 16, 7, 2, 0]
     assert loaded.decode(ids) == tokenizer.decode(ids) == "UP DOWN LEFT RIGHT DONE <eos> <pad>"
     assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id) == (0, 1, 2)
 
@@ -164,3 +180,56 @@ def test_load_tokenizer_rejects_other_vocabularies(tmp_path):
     other.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not the 32-id maze tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def _word_tokenizer(vocab):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+    )
+
+
+def _old_vocabulary_folder(path):
+    """A tiny maze model saved with the ids maxrl used before it took the paper's."""
+    build_model("tiny", seed=0).save_pretrained(path)
+    _word_tokenizer(OLD_IDS).save_pretrained(path)
+    return path
+
+
+def test_a_folder_with_the_old_vocabulary_is_refused(tmp_path):
+    from maxrl.config import load_config
+    from maxrl.tasks import make_task
+    from maxrl.train import rl
+    from maxrl.train.common import load_policy
+    from maxrl.train.config import TaskConfig, TrainConfig
+
+    folder = _old_vocabulary_folder(tmp_path / "old")
+    message = (
+        f"the tokenizer of '{folder}' gives id 16 to 'DONE', where the maze vocabulary "
+        r"\(the paper's ids\) has id 7, .*retrain the model with maxrl.models.maze_tokenizer\(\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        load_tokenizer(folder)
+    _, tokenizer = load_policy(str(folder))  # loads: the 32 entries fit the model...
+    assert len(tokenizer) == 32 and tokenizer.get_vocab()["DONE"] == 16
+    with pytest.raises(ValueError, match=message):  # ...but a maze task refuses it
+        make_task(TaskConfig(), tokenizer)
+    cfg = load_config(
+        TrainConfig, None, [f"model.init={folder}", f"run.out_dir={tmp_path / 'run'}"]
+    )
+    with pytest.raises(ValueError, match=message):
+        rl.train(cfg)
+    no_newline = {tok: i for tok, i in NAMED_IDS.items() if tok != "NEWLINE"}
+    with pytest.raises(ValueError, match="of 'the given tokenizer' has no word 'NEWLINE', where"):
+        check_maze_vocabulary(_word_tokenizer(no_newline))
+    with pytest.raises(ValueError, match="of 'mine' has no word 'NEWLINE', where .* has id 12"):
+        check_maze_vocabulary(_word_tokenizer(no_newline), "mine")
+    make_task(TaskConfig(name="maze"), maze_tokenizer())  # the current ids pass

@@ -10,6 +10,10 @@ def make_task(cfg, tokenizer=None) -> Task:
     if cfg.name == "maze":
         from maxrl.tasks.maze import MazeTask
 
+        if tokenizer is not None:  # a model saved with other maze ids must not run on this text
+            from maxrl.models.tokenizer import check_maze_vocabulary
+
+            check_maze_vocabulary(tokenizer)
         return MazeTask(size=cfg.maze_size, test_count=max(cfg.test_count, 1))
     if cfg.name == "math":
         from maxrl.tasks.math import MathTask

@@ -16,7 +16,8 @@ back from a prompt also carries ``START`` (2) and ``GOAL`` (3) where the prompt 
 a hand-written prompt may place them anywhere. Every function below accepts either form: a grid
 without START/GOAL marks uses the fixed corners.
 
-Text (space-separated word tokens, one per vocabulary id of :func:`maxrl.models.maze_tokenizer`)::
+Text (space-separated word tokens, one per vocabulary id of :func:`maxrl.models.maze_tokenizer`,
+whose ids are the paper's)::
 
     prompt:  <bos> GRID_START WALL WALL ... NEWLINE ... NEWLINE GRID_END PATH_START
     answer:  DOWN DOWN RIGHT RIGHT ... DONE          (the model then emits <eos>)
@@ -52,21 +53,22 @@ GRID_START, GRID_END, PATH_START, NEWLINE, DONE = (
     "NEWLINE",
     "DONE",
 )
-# The word vocabulary after the four special tokens, in id order (ids 4..16).
+# The maze words in the order of their ids in the paper's tokenizer, after the four special
+# tokens: GRID_START is id 4, ..., RIGHT is id 16 (see maxrl.models.tokenizer).
 MAZE_TOKENS = (
     GRID_START,
     GRID_END,
     PATH_START,
-    "START",
-    "GOAL",
-    "WALL",
+    DONE,
     "PATH",
+    "WALL",
+    "GOAL",
+    "START",
     NEWLINE,
     "UP",
     "DOWN",
     "LEFT",
     "RIGHT",
-    DONE,
 )
 
 # Train maze seeds come from [seed_offset + _TRAIN_SEED_LOW, seed_offset + _TRAIN_SEED_HIGH);
