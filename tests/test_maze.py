@@ -11,6 +11,7 @@ from scipy.sparse.csgraph import shortest_path
 
 from maxrl.cli import main as cli_main
 from maxrl.config import ConfigError
+from maxrl.tasks import make_task
 from maxrl.tasks.base import Item, Task
 from maxrl.tasks.maze import (
     GOAL,
@@ -31,6 +32,7 @@ from maxrl.tasks.maze import (
     solve,
     verify,
 )
+from maxrl.train.config import TaskConfig
 
 SEEDS_PER_SIZE = {5: 50, 7: 100, 9: 200, 17: 60}
 
@@ -432,3 +434,120 @@ def test_maze_data_cli(tmp_path, capsys):
         main(["format=parquet", f"out={tmp_path}"])
     with pytest.raises(ValueError, match=r"test_size=300 must be in \[0, count=200\]"):
         main(["format=official", "count=200", "test_size=300", f"out={tmp_path}"])
+
+
+def test_official_files_as_task_data(official_9x9):
+    task = MazeTask.from_files(official_9x9 / "train.json", official_9x9 / "test.json")
+    assert (task.size, task.test_count, task.overlap) == (9, 50, 0)
+    records = json.loads((official_9x9 / "test.json").read_text())
+    test = task.test_items(50)
+    first = test[0]
+    assert first.prompt == PINNED_TEST_SEQUENCE.split(" RIGHT", 1)[0]
+    assert first.prompt.endswith("GRID_END PATH_START")
+    assert first.target == "RIGHT RIGHT RIGHT RIGHT RIGHT RIGHT DOWN DOWN DOWN DOWN DOWN DOWN DONE"
+    assert first.meta == {"size": 9, "split": "test", "index": 0}
+    for item, record in zip(test, records):
+        # prompt + target + eos is the record's sequence, and the target is the BFS answer
+        assert f"{item.prompt} {item.target} <eos>" == record["sequence"]
+        grid = np.array(item.reference, dtype=np.int8)
+        assert item.target == format_answer(solve(grid)) and item.id == grid_id(grid)
+    assert task.verify(test, [it.target for it in test]) == [1.0] * 50
+
+    train = task.train_items(250, seed=3)
+    assert sorted(it.meta["index"] for it in train) == list(range(250))  # no repeat in a call
+    assert [it.id for it in task.train_items(20, seed=3)] == [it.id for it in train[:20]]
+    assert task.train_items(20, seed=3) != task.train_items(20, seed=4)
+    assert len(task.train_items(600, seed=0)) == 600  # more than the file: passes over it
+    with pytest.raises(ValueError, match="test file .* holds 50 mazes"):
+        task.test_items(51)
+
+    # make_task reads them through task.data / task.test_data; their size wins over maze_size
+    cfg = TaskConfig(
+        data=str(official_9x9 / "train.json"), test_data=str(official_9x9 / "test.json")
+    )
+    via_config = make_task(cfg)
+    assert via_config.size == 9 and via_config.test_items(50) == test
+
+    # A test file alone: training mazes are generated, of its size, and never a test maze.
+    alone = MazeTask.from_files(test=official_9x9 / "test.json")
+    generated = alone.train_items(100, seed=0)
+    assert {it.meta["size"] for it in generated} == {9}
+    assert {it.id for it in generated}.isdisjoint(it.id for it in test)
+
+
+def test_a_test_maze_in_the_training_file_is_reported(tmp_path):
+    # Size 7 has 192 mazes, so the paper's script puts 45 of these 50 test mazes in train too.
+    assert (
+        main(
+            ["size=7", "count=300", "seed=0", "format=official", "test_size=50", f"out={tmp_path}"]
+        )
+        == 0
+    )
+    with pytest.warns(
+        UserWarning, match="45 of the 50 test mazes also appear in the training file"
+    ):
+        task = MazeTask.from_files(tmp_path / "train.json", tmp_path / "test.json")
+    assert task.overlap == 45
+    train_ids = {grid_id(np.array(it.reference)) for it in task.train_items(250, seed=0)}
+    assert sum(it.id in train_ids for it in task.test_items(50)) == 45
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"sequence": "<bos> GRID_START"}, "record 0 of .* is .*; give a JSON list of"),
+        (
+            {"sequence": "GRID_START START GOAL NEWLINE GRID_END DONE", "optimal_path_length": 0},
+            "has no PATH_START token",
+        ),
+        (
+            {
+                "sequence": "GRID_START START GOAL NEWLINE GRID_END PATH_START RIGHT <eos>",
+                "optimal_path_length": 1,
+            },
+            "must be moves then DONE",
+        ),
+        (
+            {
+                "sequence": "GRID_START START LAVA NEWLINE GRID_END PATH_START DONE",
+                "optimal_path_length": 0,
+            },
+            "record 0 of .*unknown grid cell token 'LAVA'",
+        ),
+        (
+            {
+                "sequence": "GRID_START START GOAL NEWLINE GRID_END PATH_START RIGHT DONE <eos>",
+                "optimal_path_length": 2,
+            },
+            "optimal_path_length is 2 but the answer has 1 moves",
+        ),
+        (
+            {
+                "sequence": "GRID_START START GOAL NEWLINE GRID_END PATH_START LEFT DONE <eos>",
+                "optimal_path_length": 1,
+            },
+            "does not walk from START to GOAL",
+        ),
+    ],
+)
+def test_bad_maze_files_are_refused(tmp_path, record, message):
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps([record]))
+    with pytest.raises(ValueError, match=message):
+        MazeTask.from_files(test=path)
+
+
+def test_missing_or_mismatched_maze_files_are_refused(tmp_path, official_9x9):
+    with pytest.raises(FileNotFoundError, match="nope.json' does not exist; write one with"):
+        MazeTask.from_files(test=tmp_path / "nope.json")
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(ValueError, match="holds no records"):
+        MazeTask.from_files(test=tmp_path / "empty.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="is not JSON"):
+        MazeTask.from_files(test=tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="give a train or a test file"):
+        MazeTask.from_files()
+    assert main(["size=7", "count=20", "format=official", "test_size=5", f"out={tmp_path}"]) == 0
+    with pytest.raises(ValueError, match="train file holds 9x9 mazes and the test file 7x7"):
+        MazeTask.from_files(official_9x9 / "train.json", tmp_path / "test.json")

@@ -233,3 +233,144 @@ def test_a_folder_with_the_old_vocabulary_is_refused(tmp_path):
     with pytest.raises(ValueError, match="of 'mine' has no word 'NEWLINE', where .* has id 12"):
         check_maze_vocabulary(_word_tokenizer(no_newline), "mine")
     make_task(TaskConfig(name="maze"), maze_tokenizer())  # the current ids pass
+
+
+# The files of the paper's maze checkpoint, but for the weights: a Qwen2 config saved in bf16 by
+# transformers 4.x, a WordLevel tokenizer.json (whitespace pre-tokenizer, the four special
+# tokens added), special_tokens_map.json and tokenizer_config.json. The model is shrunk to
+# the tiny preset's shape; the paper's is hidden 256, MLP 1024, 4 heads, 512 positions.
+PAPER_STYLE_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "dtype": "bfloat16",
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 32,
+    "initializer_range": 0.02,
+    "intermediate_size": 64,
+    "layer_types": ["full_attention", "full_attention"],
+    "max_position_embeddings": 512,
+    "max_window_layers": 2,
+    "model_type": "qwen2",
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 1,
+    "pad_token_id": 0,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "sliding_window": None,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.54.1",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 32,
+}
+
+
+def _special(content, **extra):
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    return {"content": content, **flags, **extra}
+
+
+def _paper_style_folder(path):
+    import json
+
+    from transformers import Qwen2Config
+
+    path.mkdir()
+    dims = {k: v for k, v in PAPER_STYLE_CONFIG.items() if k not in ("dtype", "torch_dtype")}
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(**dims)).to(torch.bfloat16).save_pretrained(path)
+    (path / "config.json").write_text(json.dumps(PAPER_STYLE_CONFIG))
+    (path / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 1, "eos_token_id": [2, 7], "pad_token_id": 0})
+    )
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    tokenizer_json = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, **_special(tok), "special": True} for i, tok in enumerate(specials)
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": NAMED_IDS | SPARE_IDS, "unk_token": "<unk>"},
+    }
+    (path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    roles = dict(zip(["pad_token", "bos_token", "eos_token", "unk_token"], specials))
+    (path / "special_tokens_map.json").write_text(
+        json.dumps({role: _special(tok) for role, tok in roles.items()})
+    )
+    tokenizer_config = {
+        "added_tokens_decoder": {
+            str(i): {**_special(tok), "special": True} for i, tok in enumerate(specials)
+        },
+        **roles,
+        "clean_up_tokenization_spaces": False,
+        "extra_special_tokens": {},
+        "model_max_length": 512,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return path
+
+
+def test_a_folder_shaped_like_the_papers_checkpoint_trains(tmp_path, tokenizer):
+    from maxrl.cli import main as cli_main
+    from maxrl.config import load_config
+    from maxrl.tasks import make_task
+    from maxrl.train import rl
+    from maxrl.train.common import load_policy, read_metrics, stop_ids
+    from maxrl.train.config import TaskConfig, TrainConfig
+
+    folder = _paper_style_folder(tmp_path / "ckpt")
+    stored = load_file(folder / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+    model, loaded = load_policy(str(folder))
+    assert isinstance(model, Qwen2ForCausalLM) and model.dtype == torch.float32
+    assert torch.equal(model.model.embed_tokens.weight, stored["model.embed_tokens.weight"].float())
+    assert loaded.get_vocab() == tokenizer.get_vocab()
+    assert load_tokenizer(folder).get_vocab() == tokenizer.get_vocab()
+    item = MazeTask(size=17).test_items(1)[0]
+    text = f"{item.prompt} {item.target} <eos>"
+    assert loaded(text, add_special_tokens=False).input_ids == tokenizer(text).input_ids
+    assert loaded.decode(tokenizer(item.target).input_ids) == item.target
+    assert stop_ids(loaded) == (2,)
+    make_task(TaskConfig(), loaded)  # the vocabulary check passes
+
+    # model.init=that folder, on the paper's data format: one RL step runs end to end
+    data = tmp_path / "data"
+    args = ["size=7", "count=60", "seed=0", "format=official", "test_size=4", f"out={data}"]
+    assert cli_main(["maze-data", *args]) == 0
+    run = tmp_path / "run"
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [
+            f"model.init={folder}",
+            f"run.out_dir={run}",
+            f"task.data={data / 'train.json'}",
+            f"task.test_data={data / 'test.json'}",
+            "task.test_count=4",
+            "rollout.prompts_per_step=2",
+            "rollout.rollouts_per_prompt=4",
+            "rollout.max_new_tokens=8",
+            "eval.prompts=4",
+            "eval.samples=4",
+            "run.steps=1",
+            "run.tensorboard=false",
+            "run.progress=false",
+        ],
+    )
+    with pytest.warns(UserWarning, match="test mazes also appear in the training file"):
+        summary = rl.train(cfg)
+    assert summary["after"]["step"] == 1
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "train/reward_mean" in r] == [
+        1
+    ]

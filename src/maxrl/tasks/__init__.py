@@ -14,6 +14,10 @@ def make_task(cfg, tokenizer=None) -> Task:
             from maxrl.models.tokenizer import check_maze_vocabulary
 
             check_maze_vocabulary(tokenizer)
+        if cfg.data or cfg.test_data:  # the paper's data files; their size wins over maze_size
+            return MazeTask.from_files(
+                cfg.data or None, cfg.test_data or None, test_count=max(cfg.test_count, 1)
+            )
         return MazeTask(size=cfg.maze_size, test_count=max(cfg.test_count, 1))
     if cfg.name == "math":
         from maxrl.tasks.math import MathTask

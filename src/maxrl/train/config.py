@@ -2,7 +2,7 @@
 
 Defaults are the README's main job: a small Qwen2-style model, SFT warm-start on 9x9 mazes, then
 MaxRL, sized to finish in about ten minutes on a 2-core CPU. The paper's maze settings
-(MAXRL.md section 5) are in ``configs/maze_paper.yaml``.
+(arXiv 2602.02710, section 5) are in ``configs/maze_paper.yaml``.
 """
 
 from __future__ import annotations
@@ -37,10 +37,16 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = _h("task: maze | math", "maze")
-    maze_size: int = _h("odd maze side length (the paper uses 17)", 9)
-    data: str = _h("math: training data (JSONL, parquet, or a `datasets` name or path)", "")
-    test_data: str = _h("math: held-out data (same formats)", "")
-    test_count: int = _h("held-out prompts for evaluation", 64)
+    maze_size: int = _h(
+        "odd maze side length (the paper uses 17); a maze data file sets its own", 9
+    )
+    data: str = _h(
+        "training data. math: JSONL, parquet, or a `datasets` name or path; maze (optional): a "
+        "train.json of `maxrl maze-data format=official` or the paper's",
+        "",
+    )
+    test_data: str = _h("held-out data (math: same formats; maze: a test.json)", "")
+    test_count: int = _h("held-out prompts for evaluation (generated mazes: the held-out set)", 64)
     verify_timeout: float = _h("math: seconds per answer check before it scores 0", 5.0)
 
 
