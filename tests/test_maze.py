@@ -1,4 +1,7 @@
+import hashlib
+import itertools
 import json
+import random
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from scipy.sparse.csgraph import shortest_path
 
 from maxrl.cli import main as cli_main
 from maxrl.config import ConfigError
+from maxrl.tasks import TaskConfig, make_task
 from maxrl.tasks.base import Item, Task
 from maxrl.tasks.maze import (
     GOAL,
@@ -17,10 +21,13 @@ from maxrl.tasks.maze import (
     MazeTask,
     format_answer,
     format_prompt,
+    format_sequence,
     generate_maze,
     grid_id,
     main,
     mark_endpoints,
+    maze_stream,
+    official_dataset,
     parse_prompt,
     solve,
     verify,
@@ -76,12 +83,23 @@ def test_generated_mazes_are_perfect_and_bfs_is_shortest(size):
 
 
 def test_same_seed_same_maze_and_seeds_differ():
-    np.random.seed(123)  # the global numpy RNG must play no part
+    np.random.seed(123)  # the global numpy and random states must play no part
+    random.seed(123)
     a = generate_maze(9, 42)
     np.random.seed(7)
+    random.seed(7)
     assert np.array_equal(a, generate_maze(9, 42))
-    distinct = {generate_maze(9, s).tobytes() for s in range(100)}
-    assert len(distinct) == 100
+    # 9x9 mazes repeat now and then (97 distinct in these 100 seeds): the paper's generator
+    # favours some mazes; 17x17 ones practically never do.
+    assert len({generate_maze(9, s).tobytes() for s in range(100)}) == 97
+    assert len({generate_maze(17, s).tobytes() for s in range(100)}) == 100
+    # generate_maze is the first maze of its seed's stream; the stream goes on with new mazes.
+    stream = list(itertools.islice(maze_stream(17, 42), 50))
+    assert np.array_equal(stream[0], generate_maze(17, 42))
+    assert len({grid.tobytes() for grid in stream}) == 50
+    assert all(np.array_equal(x, y) for x, y in zip(stream, maze_stream(17, 42)))
+    with pytest.raises(ValueError, match="odd integer >= 5.*got 8"):
+        maze_stream(8, 0)  # refused at once, not at the first draw
 
 
 def test_maze_pinned_by_value():
@@ -93,6 +111,99 @@ def test_maze_pinned_by_value():
         [1, 0, 1, 0, 1],
         [1, 1, 1, 1, 1],
     ]
+    assert generate_maze(9, 1).tolist() == [
+        [1, 1, 1, 1, 1, 1, 1, 1, 1],
+        [1, 0, 0, 0, 0, 0, 0, 0, 1],
+        [1, 1, 1, 1, 1, 0, 1, 1, 1],
+        [1, 0, 0, 0, 0, 0, 0, 0, 1],
+        [1, 1, 1, 0, 1, 1, 1, 0, 1],
+        [1, 0, 1, 0, 1, 0, 1, 0, 1],
+        [1, 0, 1, 0, 1, 0, 1, 1, 1],
+        [1, 0, 0, 0, 0, 0, 0, 0, 1],
+        [1, 1, 1, 1, 1, 1, 1, 1, 1],
+    ]
+
+
+def _dead_ends(grids: np.ndarray) -> np.ndarray:
+    """Per maze: open cells (start and goal included) with exactly one open 4-neighbour."""
+    is_open = grids != WALL
+    padded = np.pad(is_open, ((0, 0), (1, 1), (1, 1)))
+    neighbours = (
+        padded[:, :-2, 1:-1].astype(np.int8)
+        + padded[:, 2:, 1:-1]
+        + padded[:, 1:-1, :-2]
+        + padded[:, 1:-1, 2:]
+    )
+    return (is_open & (neighbours == 1)).sum(axis=(1, 2))
+
+
+def test_dead_ends_match_the_papers_generator():
+    # The paper's generator (a random frontier cell per step) averages 22.05 dead ends per 17x17
+    # maze; picking a random frontier edge instead gives about 20.7, far outside the bound.
+    grids = np.stack(list(itertools.islice(maze_stream(17, 0), 2000)))
+    assert abs(_dead_ends(grids).mean() - 22.05) <= 0.25
+    ring = _ring((1, 1), (3, 3))  # 8 open cells in a loop: no dead end until the loop is cut
+    cut = ring.copy()
+    cut[1, 2] = WALL
+    assert _dead_ends(np.stack([ring, cut])).tolist() == [0, 2]
+
+
+PINNED_TEST_SEQUENCE = (
+    "<bos> GRID_START WALL WALL WALL WALL WALL WALL WALL WALL WALL NEWLINE WALL START PATH PATH "
+    "PATH PATH PATH PATH WALL NEWLINE WALL PATH WALL WALL WALL PATH WALL PATH WALL NEWLINE WALL "
+    "PATH PATH PATH WALL PATH WALL PATH WALL NEWLINE WALL PATH WALL WALL WALL WALL WALL PATH WALL "
+    "NEWLINE WALL PATH PATH PATH WALL PATH PATH PATH WALL NEWLINE WALL WALL WALL PATH WALL WALL "
+    "WALL PATH WALL NEWLINE WALL PATH PATH PATH PATH PATH WALL GOAL WALL NEWLINE WALL WALL WALL "
+    "WALL WALL WALL WALL WALL WALL NEWLINE GRID_END PATH_START RIGHT RIGHT RIGHT RIGHT RIGHT RIGHT "
+    "DOWN DOWN DOWN DOWN DOWN DOWN DONE <eos>"
+)
+
+
+@pytest.fixture(scope="module")
+def official_9x9(tmp_path_factory):
+    """``maxrl maze-data size=9 count=300 seed=1 format=official test_size=50 out=DIR``."""
+    out = tmp_path_factory.mktemp("official_9x9")
+    args = ["size=9", "count=300", "seed=1", "format=official", "test_size=50", f"out={out}"]
+    assert cli_main(["maze-data", *args]) == 0
+    return out
+
+
+def test_official_files_pinned_example(official_9x9):
+    train = json.loads((official_9x9 / "train.json").read_text())
+    test = json.loads((official_9x9 / "test.json").read_text())
+    assert len(train) == 250 and len(test) == 50
+    assert test[0] == {"sequence": PINNED_TEST_SEQUENCE, "optimal_path_length": 12}
+    assert json.loads((official_9x9 / "training_metadata.json").read_text()) == {
+        "size": 9,
+        "seed": 1,
+        "algorithm": "prim",
+        "num_train": 250,
+        "num_test": 50,
+        "test_size": 50,
+    }
+    # The files are the function's records, written as the paper's script writes them.
+    records_train, records_test = official_dataset(9, 300, seed=1, test_size=50)
+    assert (records_train, records_test) == (train, test)
+    assert (official_9x9 / "test.json").read_text() == json.dumps(test, indent=2)
+    for record in train + test:
+        grid = parse_prompt(record["sequence"].split(" PATH_START")[0] + " PATH_START")
+        assert record["sequence"] == format_sequence(grid)
+        assert record["optimal_path_length"] == len(solve(grid))
+
+
+def test_official_files_pinned_by_digest(tmp_path):
+    # SHA-256 of the paper's dataset script's output for these arguments; a change in the
+    # generator, the shuffle, the text or the JSON layout shows here.
+    args = ["size=17", "count=600", "seed=0", "format=official", "test_size=100", f"out={tmp_path}"]
+    assert main(args) == 0
+    digests = {
+        name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+        for name in ("train.json", "test.json")
+    }
+    assert digests == {
+        "train.json": "3e92d93a23b5265405332d2560ef5a9f02c76a2d1a0180a1972dc223b816c6c2",
+        "test.json": "808566ad2008ff8f692d32ff56633ec95d653863b71a2d0ddafb27fac8a3857b",
+    }
 
 
 @pytest.mark.parametrize("size", [3, 4, 8, 10, 0, -5, 9.0])
@@ -307,8 +418,9 @@ def test_maze_data_cli(tmp_path, capsys):
 
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("size", "count", "split", "seed", "out", "test_count"):
+    for name in ("size", "count", "format", "split", "seed", "out", "test_count", "test_size"):
         assert f"  {name} = " in out
+    assert "format=official writes out/train.json" in out
     with pytest.raises(ConfigError, match="out"):
         main(["size=7"])
     with pytest.raises(ValueError, match="split must be 'train' or 'test'; got 'dev'"):
@@ -317,3 +429,124 @@ def test_maze_data_cli(tmp_path, capsys):
         main(["size=8", f"out={tmp_path / 'x.jsonl'}"])
     with pytest.raises(ValueError, match="count=300 exceeds test_count=256"):
         main(["split=test", "count=300", f"out={tmp_path / 'x.jsonl'}"])
+    with pytest.raises(ValueError, match="format must be one of .*got 'parquet'"):
+        main(["format=parquet", f"out={tmp_path}"])
+    with pytest.raises(ValueError, match=r"test_size=300 must be in \[0, count=200\]"):
+        main(["format=official", "count=200", "test_size=300", f"out={tmp_path}"])
+
+
+def test_official_files_as_task_data(official_9x9):
+    task = MazeTask.from_files(official_9x9 / "train.json", official_9x9 / "test.json")
+    assert (task.size, task.test_count, task.overlap) == (9, 50, 0)
+    records = json.loads((official_9x9 / "test.json").read_text())
+    test = task.test_items(50)
+    first = test[0]
+    assert first.prompt == PINNED_TEST_SEQUENCE.split(" RIGHT", 1)[0]
+    assert first.prompt.endswith("GRID_END PATH_START")
+    assert first.target == "RIGHT RIGHT RIGHT RIGHT RIGHT RIGHT DOWN DOWN DOWN DOWN DOWN DOWN DONE"
+    assert first.meta == {"size": 9, "split": "test", "index": 0}
+    for item, record in zip(test, records):
+        # prompt + target + eos is the record's sequence, and the target is the BFS answer
+        assert f"{item.prompt} {item.target} <eos>" == record["sequence"]
+        grid = np.array(item.reference, dtype=np.int8)
+        assert item.target == format_answer(solve(grid)) and item.id == grid_id(grid)
+    assert task.verify(test, [it.target for it in test]) == [1.0] * 50
+
+    train = task.train_items(250, seed=3)
+    assert sorted(it.meta["index"] for it in train) == list(range(250))  # no repeat in a call
+    assert [it.id for it in task.train_items(20, seed=3)] == [it.id for it in train[:20]]
+    assert task.train_items(20, seed=3) != task.train_items(20, seed=4)
+    assert len(task.train_items(600, seed=0)) == 600  # more than the file: passes over it
+    with pytest.raises(ValueError, match="test file .* holds 50 mazes"):
+        task.test_items(51)
+
+    # make_task reads them through task.data / task.test_data; their size wins over maze_size
+    cfg = TaskConfig(
+        data=str(official_9x9 / "train.json"), test_data=str(official_9x9 / "test.json")
+    )
+    via_config = make_task(cfg)
+    assert via_config.size == 9 and via_config.test_items(50) == test
+
+    # A test file alone: training mazes are generated, of its size, and never a test maze.
+    alone = MazeTask.from_files(test=official_9x9 / "test.json")
+    generated = alone.train_items(100, seed=0)
+    assert {it.meta["size"] for it in generated} == {9}
+    assert {it.id for it in generated}.isdisjoint(it.id for it in test)
+
+
+def test_a_test_maze_in_the_training_file_is_reported(tmp_path):
+    # Size 7 has 192 mazes, so the paper's script puts 45 of these 50 test mazes in train too.
+    assert (
+        main(
+            ["size=7", "count=300", "seed=0", "format=official", "test_size=50", f"out={tmp_path}"]
+        )
+        == 0
+    )
+    with pytest.warns(
+        UserWarning, match="45 of the 50 test mazes also appear in the training file"
+    ):
+        task = MazeTask.from_files(tmp_path / "train.json", tmp_path / "test.json")
+    assert task.overlap == 45
+    train_ids = {grid_id(np.array(it.reference)) for it in task.train_items(250, seed=0)}
+    assert sum(it.id in train_ids for it in task.test_items(50)) == 45
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"sequence": "<bos> GRID_START"}, "record 0 of .* is .*; give a JSON list of"),
+        (
+            {"sequence": "GRID_START START GOAL NEWLINE GRID_END DONE", "optimal_path_length": 0},
+            "has no PATH_START token",
+        ),
+        (
+            {
+                "sequence": "GRID_START START GOAL NEWLINE GRID_END PATH_START RIGHT <eos>",
+                "optimal_path_length": 1,
+            },
+            "must be moves then DONE",
+        ),
+        (
+            {
+                "sequence": "GRID_START START LAVA NEWLINE GRID_END PATH_START DONE",
+                "optimal_path_length": 0,
+            },
+            "record 0 of .*unknown grid cell token 'LAVA'",
+        ),
+        (
+            {
+                "sequence": "GRID_START START GOAL NEWLINE GRID_END PATH_START RIGHT DONE <eos>",
+                "optimal_path_length": 2,
+            },
+            "optimal_path_length is 2 but the answer has 1 moves",
+        ),
+        (
+            {
+                "sequence": "GRID_START START GOAL NEWLINE GRID_END PATH_START LEFT DONE <eos>",
+                "optimal_path_length": 1,
+            },
+            "does not walk from START to GOAL",
+        ),
+    ],
+)
+def test_bad_maze_files_are_refused(tmp_path, record, message):
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps([record]))
+    with pytest.raises(ValueError, match=message):
+        MazeTask.from_files(test=path)
+
+
+def test_missing_or_mismatched_maze_files_are_refused(tmp_path, official_9x9):
+    with pytest.raises(FileNotFoundError, match="nope.json' does not exist; write one with"):
+        MazeTask.from_files(test=tmp_path / "nope.json")
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(ValueError, match="holds no records"):
+        MazeTask.from_files(test=tmp_path / "empty.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="is not JSON"):
+        MazeTask.from_files(test=tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="give a train or a test file"):
+        MazeTask.from_files()
+    assert main(["size=7", "count=20", "format=official", "test_size=5", f"out={tmp_path}"]) == 0
+    with pytest.raises(ValueError, match="train file holds 9x9 mazes and the test file 7x7"):
+        MazeTask.from_files(official_9x9 / "train.json", tmp_path / "test.json")

@@ -3,9 +3,18 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 
-from maxrl.models import PRESETS, VOCAB, build_model, load_tokenizer, maze_tokenizer
+from maxrl.models import (
+    MAZE_IDS,
+    PRESETS,
+    VOCAB,
+    build_model,
+    check_maze_vocabulary,
+    load_maze_tokenizer,
+    maze_tokenizer,
+)
 from maxrl.tasks.maze import MazeTask, format_prompt, generate_maze, verify
 
+# The ids of the tokenizer of the paper's maze checkpoint.
 NAMED_IDS = {
     "<pad>": 0,
     "<bos>": 1,
@@ -14,16 +23,24 @@ NAMED_IDS = {
     "GRID_START": 4,
     "GRID_END": 5,
     "PATH_START": 6,
-    "START": 7,
-    "GOAL": 8,
+    "DONE": 7,
+    "PATH": 8,
     "WALL": 9,
-    "PATH": 10,
-    "NEWLINE": 11,
-    "UP": 12,
-    "DOWN": 13,
-    "LEFT": 14,
-    "RIGHT": 15,
-    "DONE": 16,
+    "GOAL": 10,
+    "START": 11,
+    "NEWLINE": 12,
+    "UP": 13,
+    "DOWN": 14,
+    "LEFT": 15,
+    "RIGHT": 16,
+}
+SPARE_IDS = {"\n": 17, **{f"RESERVED_{i}": 18 + i for i in range(14)}}
+# The ids maxrl used before it took the paper's: same 32 entries, other order.
+OLD_IDS = {
+    **{tok: i for i, tok in enumerate(["<pad>", "<bos>", "<eos>", "<unk>", "GRID_START"])},
+    **{"GRID_END": 5, "PATH_START": 6, "START": 7, "GOAL": 8, "WALL": 9, "PATH": 10},
+    **{"NEWLINE": 11, "UP": 12, "DOWN": 13, "LEFT": 14, "RIGHT": 15, "DONE": 16},
+    **{f"<reserved_{i}>": 17 + i for i in range(15)},
 }
 
 
@@ -35,8 +52,7 @@ def tokenizer():
 def test_vocabulary_ids(tokenizer):
     assert len(tokenizer) == 32 and len(VOCAB) == 32
     vocab = tokenizer.get_vocab()
-    assert {tok: vocab[tok] for tok in NAMED_IDS} == NAMED_IDS
-    assert [vocab[f"<reserved_{i}>"] for i in range(15)] == list(range(17, 32))
+    assert vocab == {**NAMED_IDS, **SPARE_IDS} == MAZE_IDS | SPARE_IDS
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id) == (0, 1)
     assert (tokenizer.eos_token_id, tokenizer.unk_token_id) == (2, 3)
     assert sorted(tokenizer.all_special_ids) == [0, 1, 2, 3]
@@ -44,15 +60,15 @@ def test_vocabulary_ids(tokenizer):
 
 def test_encode_adds_nothing_and_maps_unknown_words(tokenizer):
     text = "<bos> GRID_START WALL lava NEWLINE GRID_END PATH_START"
-    expected = [1, 4, 9, 3, 11, 5, 6]
+    expected = [1, 4, 9, 3, 12, 5, 6]
     assert tokenizer(text).input_ids == expected
     assert tokenizer(text, add_special_tokens=False).input_ids == expected
-    assert tokenizer("  UP\n\tDONE ").input_ids == [12, 16]
+    assert tokenizer("  UP\n\tDONE ").input_ids == [13, 7]  # "\n" is whitespace, never id 17
 
 
 def test_decode_is_read_back_by_the_verifier(tokenizer):
-    assert tokenizer.decode([12, 16, 2]) == "UP DONE <eos>"
-    assert tokenizer.decode([12, 16, 2, 0, 0], skip_special_tokens=True) == "UP DONE"
+    assert tokenizer.decode([13, 7, 2]) == "UP DONE <eos>"
+    assert tokenizer.decode([13, 7, 2, 0, 0], skip_special_tokens=True) == "UP DONE"
     item = MazeTask(size=9).test_items(1)[0]
     prompt_ids = tokenizer(item.prompt).input_ids
     assert len(prompt_ids) == len(item.prompt.split()) and 3 not in prompt_ids
@@ -63,14 +79,14 @@ def test_decode_is_read_back_by_the_verifier(tokenizer):
     assert verify(item.prompt, completion) == 1.0
 
 
-@pytest.mark.parametrize("loader", [AutoTokenizer.from_pretrained, load_tokenizer])
+@pytest.mark.parametrize("loader", [AutoTokenizer.from_pretrained, load_maze_tokenizer])
 def test_tokenizer_save_and_reload(tokenizer, tmp_path, loader):
     tokenizer.save_pretrained(tmp_path)
     loaded = loader(tmp_path)
     text = format_prompt(generate_maze(17, 0)) + " DOWN RIGHT DONE <eos> <pad> junk"
     assert loaded(text).input_ids == tokenizer(text).input_ids
     assert loaded.get_vocab() == tokenizer.get_vocab()
-    ids = [12, 13, 14, 15, 16, 2, 0]
+    ids = [13, 14, 15, 16, 7, 2, 0]
     assert loaded.decode(ids) == tokenizer.decode(ids) == "UP DOWN LEFT RIGHT DONE <eos> <pad>"
     assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id) == (0, 1, 2)
 
@@ -135,7 +151,7 @@ def test_save_and_reload_gives_identical_logits(tokenizer, tmp_path):
 
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     # AutoTokenizer would build a Qwen2 BPE here, next to the model's config.json.
-    reloaded_tokenizer = load_tokenizer(tmp_path)
+    reloaded_tokenizer = load_maze_tokenizer(tmp_path)
     prompts = [it.prompt for it in MazeTask(size=9).test_items(2)]
     batch = reloaded_tokenizer(prompts, return_tensors="pt")
     assert batch.input_ids.tolist() == tokenizer(prompts, return_tensors="pt").input_ids.tolist()
@@ -163,4 +179,199 @@ def test_load_tokenizer_rejects_other_vocabularies(tmp_path):
     other.add_tokens(["EXTRA"])
     other.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not the 32-id maze tokenizer"):
-        load_tokenizer(tmp_path)
+        load_maze_tokenizer(tmp_path)
+
+
+def _word_tokenizer(vocab):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+    )
+
+
+def _old_vocabulary_folder(path):
+    """A tiny maze model saved with the ids maxrl used before it took the paper's."""
+    build_model("tiny", seed=0).save_pretrained(path)
+    _word_tokenizer(OLD_IDS).save_pretrained(path)
+    return path
+
+
+def test_a_folder_with_the_old_vocabulary_is_refused(tmp_path):
+    from maxrl.config import load_config
+    from maxrl.models.loading import load_policy
+    from maxrl.tasks import TaskConfig, make_task
+    from maxrl.train import rl
+    from maxrl.train.config import TrainConfig
+
+    folder = _old_vocabulary_folder(tmp_path / "old")
+    message = (
+        f"the tokenizer of '{folder}' gives id 16 to 'DONE', where the maze vocabulary "
+        r"\(the paper's ids\) has id 7, .*retrain the model with maxrl.models.maze_tokenizer\(\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        load_maze_tokenizer(folder)
+    _, tokenizer = load_policy(str(folder))  # loads: the 32 entries fit the model...
+    assert len(tokenizer) == 32 and tokenizer.get_vocab()["DONE"] == 16
+    with pytest.raises(ValueError, match=message):  # ...but a maze task refuses it
+        make_task(TaskConfig(), tokenizer)
+    cfg = load_config(
+        TrainConfig, None, [f"model.init={folder}", f"run.out_dir={tmp_path / 'run'}"]
+    )
+    with pytest.raises(ValueError, match=message):
+        rl.train(cfg)
+    no_newline = {tok: i for tok, i in NAMED_IDS.items() if tok != "NEWLINE"}
+    with pytest.raises(ValueError, match="of 'the given tokenizer' has no word 'NEWLINE', where"):
+        check_maze_vocabulary(_word_tokenizer(no_newline))
+    with pytest.raises(ValueError, match="of 'mine' has no word 'NEWLINE', where .* has id 12"):
+        check_maze_vocabulary(_word_tokenizer(no_newline), "mine")
+    make_task(TaskConfig(name="maze"), maze_tokenizer())  # the current ids pass
+
+
+# The files of the paper's maze checkpoint, but for the weights: a Qwen2 config saved in bf16 by
+# transformers 4.x, a WordLevel tokenizer.json (whitespace pre-tokenizer, the four special
+# tokens added), special_tokens_map.json and tokenizer_config.json. The model is shrunk to
+# the tiny preset's shape; the paper's is hidden 256, MLP 1024, 4 heads, 512 positions.
+PAPER_STYLE_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "dtype": "bfloat16",
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 32,
+    "initializer_range": 0.02,
+    "intermediate_size": 64,
+    "layer_types": ["full_attention", "full_attention"],
+    "max_position_embeddings": 512,
+    "max_window_layers": 2,
+    "model_type": "qwen2",
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 1,
+    "pad_token_id": 0,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000.0,
+    "sliding_window": None,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.54.1",
+    "use_cache": True,
+    "use_sliding_window": False,
+    "vocab_size": 32,
+}
+
+
+def _special(content, **extra):
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    return {"content": content, **flags, **extra}
+
+
+def _paper_style_folder(path):
+    import json
+
+    from transformers import Qwen2Config
+
+    path.mkdir()
+    dims = {k: v for k, v in PAPER_STYLE_CONFIG.items() if k not in ("dtype", "torch_dtype")}
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(**dims)).to(torch.bfloat16).save_pretrained(path)
+    (path / "config.json").write_text(json.dumps(PAPER_STYLE_CONFIG))
+    (path / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 1, "eos_token_id": [2, 7], "pad_token_id": 0})
+    )
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    tokenizer_json = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, **_special(tok), "special": True} for i, tok in enumerate(specials)
+        ],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": NAMED_IDS | SPARE_IDS, "unk_token": "<unk>"},
+    }
+    (path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    roles = dict(zip(["pad_token", "bos_token", "eos_token", "unk_token"], specials))
+    (path / "special_tokens_map.json").write_text(
+        json.dumps({role: _special(tok) for role, tok in roles.items()})
+    )
+    tokenizer_config = {
+        "added_tokens_decoder": {
+            str(i): {**_special(tok), "special": True} for i, tok in enumerate(specials)
+        },
+        **roles,
+        "clean_up_tokenization_spaces": False,
+        "extra_special_tokens": {},
+        "model_max_length": 512,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    return path
+
+
+def test_a_folder_shaped_like_the_papers_checkpoint_trains(tmp_path, tokenizer):
+    from maxrl.cli import main as cli_main
+    from maxrl.config import load_config
+    from maxrl.metrics import read_metrics
+    from maxrl.models.loading import load_policy, stop_ids
+    from maxrl.tasks import TaskConfig, make_task
+    from maxrl.train import rl
+    from maxrl.train.config import TrainConfig
+
+    folder = _paper_style_folder(tmp_path / "ckpt")
+    stored = load_file(folder / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+    model, loaded = load_policy(str(folder))
+    assert isinstance(model, Qwen2ForCausalLM) and model.dtype == torch.float32
+    assert torch.equal(model.model.embed_tokens.weight, stored["model.embed_tokens.weight"].float())
+    assert loaded.get_vocab() == tokenizer.get_vocab()
+    assert load_maze_tokenizer(folder).get_vocab() == tokenizer.get_vocab()
+    item = MazeTask(size=17).test_items(1)[0]
+    text = f"{item.prompt} {item.target} <eos>"
+    assert loaded(text, add_special_tokens=False).input_ids == tokenizer(text).input_ids
+    assert loaded.decode(tokenizer(item.target).input_ids) == item.target
+    assert stop_ids(loaded) == (2,)
+    make_task(TaskConfig(), loaded)  # the vocabulary check passes
+
+    # model.init=that folder, on the paper's data format: one RL step runs end to end
+    data = tmp_path / "data"
+    args = ["size=7", "count=60", "seed=0", "format=official", "test_size=4", f"out={data}"]
+    assert cli_main(["maze-data", *args]) == 0
+    run = tmp_path / "run"
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [
+            f"model.init={folder}",
+            f"run.out_dir={run}",
+            f"task.data={data / 'train.json'}",
+            f"task.test_data={data / 'test.json'}",
+            "task.test_count=4",
+            "rollout.prompts_per_step=2",
+            "rollout.rollouts_per_prompt=4",
+            "rollout.max_new_tokens=8",
+            "eval.prompts=4",
+            "eval.samples=4",
+            "run.steps=1",
+            "run.tensorboard=false",
+            "run.progress=false",
+        ],
+    )
+    with pytest.warns(UserWarning, match="test mazes also appear in the training file"):
+        summary = rl.train(cfg)
+    assert summary["after"]["step"] == 1
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "train/reward_mean" in r] == [
+        1
+    ]

@@ -19,7 +19,7 @@ COMMANDS = {
     "eval": ("maxrl.eval.evaluate", "pass@k evaluation of a checkpoint on held-out prompts"),
     "sweep": ("maxrl.sweep", "a grid of estimators x rollouts per prompt x seeds"),
     "classify": ("maxrl.train.classify", "classification as RL: exact pass@k, CE vs MaxRL"),
-    "maze-data": ("maxrl.tasks.maze", "write maze datasets"),
+    "maze-data": ("maxrl.tasks.maze", "write maze datasets: JSONL, or the paper's train/test.json"),
 }
 
 # errors that mean the user's input does not fit: one line, exit status 2

@@ -104,7 +104,10 @@ class EvalCommandConfig:
     checkpoint: str = field(default="", metadata={"help": "model folder (save_pretrained)"})
     task: str = field(default="maze", metadata={"help": "maze | math"})
     maze_size: int = field(default=9, metadata={"help": "maze side length"})
-    data: str = field(default="", metadata={"help": "math: held-out data"})
+    data: str = field(
+        default="",
+        metadata={"help": "held-out data (math; maze: a test.json of the paper's format)"},
+    )
     prompts: int = field(default=64, metadata={"help": "held-out prompts"})
     samples: int = field(default=64, metadata={"help": "samples per prompt"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})

@@ -12,8 +12,9 @@ prompt is 310 tokens and the paper allows 180 response tokens.
 
 Saving and loading need no helpers: ``model.save_pretrained(dir)`` writes safetensors with the tied
 weight stored once, and ``AutoModelForCausalLM.from_pretrained(dir)`` rebuilds the same model
-(same logits). Save the tokenizer next to it with ``tokenizer.save_pretrained(dir)`` and reload it
-with :func:`maxrl.models.load_tokenizer`, not ``AutoTokenizer`` (see :mod:`maxrl.models.tokenizer`).
+(same logits). Save the tokenizer next to it with ``tokenizer.save_pretrained(dir)`` and reload
+it with :func:`maxrl.models.load_maze_tokenizer`, not ``AutoTokenizer`` (see
+:mod:`maxrl.models.tokenizer`).
 """
 
 from __future__ import annotations

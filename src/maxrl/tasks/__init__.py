@@ -16,10 +16,16 @@ class TaskConfig:
     """Which task to train and evaluate on (the ``task`` section of ``maxrl train``)."""
 
     name: str = _h("task: maze | math", "maze")
-    maze_size: int = _h("odd maze side length (the paper uses 17)", 9)
-    data: str = _h("math: training data (JSONL, parquet, or a `datasets` name or path)", "")
-    test_data: str = _h("math: held-out data (same formats)", "")
-    test_count: int = _h("held-out prompts for evaluation", 64)
+    maze_size: int = _h(
+        "odd maze side length (the paper uses 17); a maze data file sets its own", 9
+    )
+    data: str = _h(
+        "training data. math: JSONL, parquet, or a `datasets` name or path; maze (optional): a "
+        "train.json of `maxrl maze-data format=official` or the paper's",
+        "",
+    )
+    test_data: str = _h("held-out data (math: same formats; maze: a test.json)", "")
+    test_count: int = _h("held-out prompts for evaluation (generated mazes: the held-out set)", 64)
     verify_timeout: float = _h("math: seconds per answer check before it scores 0", 5.0)
     false_positive_rate: float = _h(
         "a noisy training verifier: the chance that a wrong rollout scores 1 (evaluation always "
@@ -36,6 +42,14 @@ def make_task(cfg: TaskConfig, tokenizer=None) -> Task:
     if cfg.name == "maze":
         from maxrl.tasks.maze import MazeTask
 
+        if tokenizer is not None:  # a model saved with other maze ids must not run on this text
+            from maxrl.models.tokenizer import check_maze_vocabulary
+
+            check_maze_vocabulary(tokenizer)
+        if cfg.data or cfg.test_data:  # the paper's data files; their size wins over maze_size
+            return MazeTask.from_files(
+                cfg.data or None, cfg.test_data or None, test_count=max(cfg.test_count, 1)
+            )
         return MazeTask(size=cfg.maze_size, test_count=max(cfg.test_count, 1))
     if cfg.name == "math":
         from maxrl.tasks.math import MathTask

@@ -2,14 +2,23 @@
 
 A maze is an odd ``size x size`` int8 grid whose cells (odd coordinates) are joined by carved
 passages. The start is (1, 1), the goal (size-2, size-2). The policy reads the grid as word tokens
-and must answer with moves that walk from START to GOAL; the reward is binary (MAXRL.md section 5).
+and must answer with moves that walk from START to GOAL; the reward is binary (the paper, arXiv
+2602.02710, section 5).
+
+The mazes are those of the paper's own dataset script: :func:`generate_maze` and
+:func:`maze_stream` follow its randomised Prim's algorithm draw for draw, so the same size, seed and
+count give the same mazes in the same order, and :func:`official_dataset` (``maxrl maze-data
+format=official``) writes the same ``train.json`` and ``test.json`` (the paper's set: 1M 17x17
+training mazes and 256 test mazes). Such files, the paper's included, are task data through
+:meth:`MazeTask.from_files` (``task.data=DIR/train.json task.test_data=DIR/test.json``).
 
 Grid codes: ``PATH`` (0) and ``WALL`` (1) are all that :func:`generate_maze` writes; a grid read
 back from a prompt also carries ``START`` (2) and ``GOAL`` (3) where the prompt puts them, because
 a hand-written prompt may place them anywhere. Every function below accepts either form: a grid
 without START/GOAL marks uses the fixed corners.
 
-Text (space-separated word tokens, one per vocabulary id of :func:`maxrl.models.maze_tokenizer`)::
+Text (space-separated word tokens, one per vocabulary id of :func:`maxrl.models.maze_tokenizer`,
+whose ids are the paper's)::
 
     prompt:  <bos> GRID_START WALL WALL ... NEWLINE ... NEWLINE GRID_END PATH_START
     answer:  DOWN DOWN RIGHT RIGHT ... DONE          (the model then emits <eos>)
@@ -18,8 +27,11 @@ Text (space-separated word tokens, one per vocabulary id of :func:`maxrl.models.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Sequence
+import random
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -43,26 +55,30 @@ GRID_START, GRID_END, PATH_START, NEWLINE, DONE = (
     "NEWLINE",
     "DONE",
 )
-# The word vocabulary after the four special tokens, in id order (ids 4..16).
+# The maze words in the order of their ids in the paper's tokenizer, after the four special
+# tokens: GRID_START is id 4, ..., RIGHT is id 16 (see maxrl.models.tokenizer).
 MAZE_TOKENS = (
     GRID_START,
     GRID_END,
     PATH_START,
-    "START",
-    "GOAL",
-    "WALL",
+    DONE,
     "PATH",
+    "WALL",
+    "GOAL",
+    "START",
     NEWLINE,
     "UP",
     "DOWN",
     "LEFT",
     "RIGHT",
-    DONE,
 )
 
 # Train maze seeds come from [seed_offset + _TRAIN_SEED_LOW, seed_offset + _TRAIN_SEED_HIGH);
 # test seeds count up from seed_offset and never reach that range (test_count < _TRAIN_SEED_LOW).
 _TRAIN_SEED_LOW, _TRAIN_SEED_HIGH = 2**40, 2**62
+
+# The paper's direction order for cells two squares apart: (row step, column step).
+_CELL_STEPS = ((0, 2), (2, 0), (0, -2), (-2, 0))
 
 
 def _check_size(size: int) -> None:
@@ -70,51 +86,78 @@ def _check_size(size: int) -> None:
         raise ValueError(f"maze size must be an odd integer >= 5 (e.g. 9 or 17); got {size!r}")
 
 
-def generate_maze(size: int, seed: int) -> np.ndarray:
-    """A perfect maze (every open cell reachable, no cycles) by randomised Prim's algorithm.
+@lru_cache(maxsize=32)
+def _cell_neighbours(size: int) -> tuple[tuple[int, ...], ...]:
+    """For each flat index of a cell (odd row and column), its cells two squares away.
 
-    The lattice of cells at odd coordinates grows from (1, 1) as a spanning tree: each step picks a
-    uniformly random frontier edge (tree cell -> neighbour two squares away) and, if the neighbour
-    is not yet in the tree, opens it and the wall square between. Deterministic in ``seed``.
+    In ``_CELL_STEPS`` order, keeping those strictly inside the border. For a cell of an odd-sized
+    grid these are also exactly its cells two squares away inside the grid (the border rows and
+    columns have even coordinates), so one table serves both of the algorithm's neighbour lists.
+    """
+    table: list[tuple[int, ...]] = [()] * (size * size)
+    for r in range(1, size - 1, 2):
+        for c in range(1, size - 1, 2):
+            table[r * size + c] = tuple(
+                (r + dr) * size + c + dc
+                for dr, dc in _CELL_STEPS
+                if 0 < r + dr < size - 1 and 0 < c + dc < size - 1
+            )
+    return tuple(table)
+
+
+def _draw_maze(size: int, rng: random.Random) -> np.ndarray:
+    """One maze drawn from ``rng`` by the paper's randomised Prim's algorithm.
+
+    The grid starts all walls and the start cell is opened; the frontier lists the wall cells two
+    squares from the start. Each step removes a uniformly random frontier cell
+    (``rng.randint(0, len - 1)``), joins it through the square between to one of its open cells
+    two squares away (``rng.choice``), and appends its wall cells two squares away that are not
+    already listed. Every list is in ``_CELL_STEPS`` order and every draw is the paper's, so the
+    stream of mazes matches its dataset script maze for maze.
+    """
+    neighbours = _cell_neighbours(size)
+    flat = [WALL] * (size * size)
+    start, goal = size + 1, (size - 2) * size + size - 2
+    flat[start] = PATH
+    frontier = [cell for cell in neighbours[start] if flat[cell] == WALL]
+    listed = set(frontier)  # the frontier's members, for an O(1) "not already listed"
+    randint, choice = rng.randint, rng.choice
+    while frontier:
+        cell = frontier.pop(randint(0, len(frontier) - 1))
+        listed.discard(cell)
+        joined = [other for other in neighbours[cell] if flat[other] == PATH]
+        if joined:
+            # Two cells in one row or column: the flat index halfway is the square between them.
+            flat[(cell + choice(joined)) // 2] = PATH
+            flat[cell] = PATH
+            for other in neighbours[cell]:
+                if flat[other] == WALL and other not in listed:
+                    frontier.append(other)
+                    listed.add(other)
+    flat[start] = flat[goal] = PATH
+    return np.array(flat, dtype=np.int8).reshape(size, size)
+
+
+def maze_stream(size: int, seed: int) -> Iterator[np.ndarray]:
+    """Mazes drawn one after another from one ``random.Random(seed)``, as the paper's dataset
+    script draws them: the first ``count`` are its ``count`` mazes, in its order. Endless."""
+    _check_size(size)
+    rng = random.Random(seed)
+    return (_draw_maze(size, rng) for _ in itertools.count())
+
+
+def generate_maze(size: int, seed: int) -> np.ndarray:
+    """A perfect maze (every open cell reachable, no cycles), the first of ``random.Random(seed)``.
+
+    The same as ``next(maze_stream(size, seed))``: the paper's randomised Prim's algorithm (see
+    :func:`maze_stream`), which grows a spanning tree of the cells at odd coordinates from (1, 1)
+    by adding a uniformly random frontier cell at each step. Deterministic in ``seed``; the global
+    random state plays no part.
 
     Returns an int8 ``size x size`` array of ``PATH`` and ``WALL``.
     """
     _check_size(size)
-    n = (size - 1) // 2  # cells per side
-    rng = np.random.default_rng(seed)
-    # Each cell pushes at most 4 frontier edges, so 4 n^2 draws always suffice; drawing them in
-    # one call is an order of magnitude faster than one Generator call per step.
-    draws = rng.random(4 * n * n).tolist()
-    flat = [WALL] * (size * size)
-    in_tree = [False] * (n * n)
-    frontier: list[tuple[int, int]] = []
-
-    def grow(cell: int) -> None:
-        in_tree[cell] = True
-        i, j = divmod(cell, n)
-        flat[(2 * i + 1) * size + 2 * j + 1] = PATH
-        if i > 0 and not in_tree[cell - n]:
-            frontier.append((cell, cell - n))
-        if i < n - 1 and not in_tree[cell + n]:
-            frontier.append((cell, cell + n))
-        if j > 0 and not in_tree[cell - 1]:
-            frontier.append((cell, cell - 1))
-        if j < n - 1 and not in_tree[cell + 1]:
-            frontier.append((cell, cell + 1))
-
-    grow(0)
-    step = 0
-    while frontier:
-        k = int(draws[step] * len(frontier))
-        step += 1
-        frontier[k], frontier[-1] = frontier[-1], frontier[k]
-        a, b = frontier.pop()
-        if in_tree[b]:
-            continue
-        (ai, aj), (bi, bj) = divmod(a, n), divmod(b, n)
-        flat[(ai + bi + 1) * size + aj + bj + 1] = PATH  # the wall square between a and b
-        grow(b)
-    return np.array(flat, dtype=np.int8).reshape(size, size)
+    return _draw_maze(size, random.Random(seed))
 
 
 def _as_grid(grid) -> np.ndarray:
@@ -290,7 +333,7 @@ def _walk(cells: Sequence[Sequence[int]], start, goal, completion: str) -> float
 
 
 def verify(prompt: str, completion: str) -> float:
-    """Reward 1.0 if ``completion`` walks from START to GOAL, else 0.0 (MAXRL.md section 5).
+    """Reward 1.0 if ``completion`` walks from START to GOAL, else 0.0 (docs/method.md, section 5).
 
     The completion is cut at its first ``DONE`` (none -> 0.0); every token before it must be a
     move (else 0.0, even when the walk reached the goal before the bad token); the walk starts
@@ -309,6 +352,40 @@ def grid_id(grid) -> str:
     return f"maze{marked.shape[0]}x{marked.shape[1]}-{digest}"
 
 
+def format_sequence(grid) -> str:
+    """A whole demonstration as the paper's data files hold it: prompt, answer, ``<eos>``."""
+    return f"{format_prompt(grid)} {format_answer(solve(grid))} {EOS}"
+
+
+def official_dataset(
+    size: int, count: int, seed: int = 0, test_size: int = 256
+) -> tuple[list[dict], list[dict]]:
+    """(train, test) records exactly as the paper's dataset script writes them.
+
+    ``count`` mazes are drawn one after another from ``random.Random(seed)`` (:func:`maze_stream`);
+    any without a path from start to goal is dropped (a perfect maze always has one); the list is
+    shuffled by a fresh ``random.Random(seed)``; the first ``test_size`` records are the test set
+    and the rest the training set. A record is ``{"sequence": <bos> GRID_START ... DONE <eos>,
+    "optimal_path_length": number of moves}``. The paper's set is ``size=17, count=1_000_000,
+    seed=0, test_size=256``. Both lists may share a maze: the script does not deduplicate.
+    """
+    _check_size(size)
+    if count < 1:
+        raise ValueError(f"count must be >= 1; got {count}")
+    if not 0 <= test_size <= count:
+        raise ValueError(f"test_size must be in [0, count={count}]; got {test_size}")
+    records = []
+    for grid in itertools.islice(maze_stream(size, seed), count):
+        try:
+            moves = solve(grid)
+        except ValueError:
+            continue
+        sequence = f"{format_prompt(grid)} {format_answer(moves)} {EOS}"
+        records.append({"sequence": sequence, "optimal_path_length": len(moves)})
+    random.Random(seed).shuffle(records)
+    return records[test_size:], records[:test_size]
+
+
 def _make_item(size: int, seed: int, split: str) -> Item:
     grid = mark_endpoints(generate_maze(size, seed))
     return Item(
@@ -321,17 +398,111 @@ def _make_item(size: int, seed: int, split: str) -> Item:
     )
 
 
-class MazeTask:
-    """Mazes of one size: a fixed held-out set and an endless, disjoint training stream.
+_RECORD_HINT = (
+    'a JSON list of {"sequence": "<bos> GRID_START ... PATH_START moves DONE <eos>", '
+    '"optimal_path_length": n} objects, as `maxrl maze-data format=official` writes'
+)
 
-    The test set is the first ``test_count`` distinct mazes from seeds ``seed_offset``,
-    ``seed_offset + 1``, ... Training mazes come from seeds drawn in
+
+class _MazeFile:
+    """The records of one data file of the paper's format, turned into items on demand.
+
+    Only the sequences and path lengths are kept; a record is parsed and checked when its item is
+    built, so that loading the paper's 1M-maze file costs one JSON read and no per-maze work.
+    """
+
+    def __init__(self, path: str | Path, split: str):
+        self.path = Path(path)
+        self.split = split
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"maze data file {str(self.path)!r} does not exist; write one with "
+                f"`maxrl maze-data format=official out=DIR` (DIR/train.json, DIR/test.json)"
+            )
+        try:
+            with self.path.open(encoding="utf-8") as fh:
+                records = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"maze data file {str(self.path)!r} is not JSON ({exc}); give {_RECORD_HINT}"
+            ) from None
+        if not isinstance(records, list) or not records:
+            raise ValueError(
+                f"maze data file {str(self.path)!r} holds no records; give {_RECORD_HINT}"
+            )
+        self.sequences: list[str] = []
+        self.lengths: list[int] = []
+        for index, record in enumerate(records):
+            sequence = record.get("sequence") if isinstance(record, dict) else None
+            length = record.get("optimal_path_length") if isinstance(record, dict) else None
+            if not isinstance(sequence, str) or not isinstance(length, int):
+                raise ValueError(
+                    f"record {index} of {str(self.path)!r} is {str(record)[:80]!r}; give "
+                    f"{_RECORD_HINT}"
+                )
+            self.sequences.append(sequence)
+            self.lengths.append(length)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def item(self, index: int) -> Item:
+        where = f"record {index} of {str(self.path)!r}"
+        tokens = self.sequences[index].split()
+        try:
+            cut = tokens.index(PATH_START) + 1
+        except ValueError:
+            raise ValueError(f"{where} has no {PATH_START} token; give {_RECORD_HINT}") from None
+        answer = tokens[cut:]
+        if answer[-1:] == [EOS]:
+            answer.pop()
+        if answer[-1:] != [DONE] or any(move not in MOVES for move in answer[:-1]):
+            raise ValueError(
+                f"{where}: the answer after {PATH_START} must be moves then {DONE} [{EOS}]; "
+                f"got {' '.join(tokens[cut:])[:80]!r}"
+            )
+        try:
+            grid = parse_prompt(" ".join(tokens[:cut]))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if len(answer) - 1 != self.lengths[index]:
+            raise ValueError(
+                f"{where}: optimal_path_length is {self.lengths[index]} but the answer has "
+                f"{len(answer) - 1} moves; fix the record"
+            )
+        target = " ".join(answer)
+        if score_moves(grid, target) != 1.0:
+            raise ValueError(f"{where}: the answer does not walk from START to GOAL; fix it")
+        return Item(
+            id=grid_id(grid),
+            prompt=format_prompt(grid),
+            reference=_freeze(grid),
+            target=target,
+            meta={"size": int(grid.shape[0]), "split": self.split, "index": index},
+        )
+
+    def grid_texts(self) -> Iterator[str]:
+        """Each record's text up to ``GRID_END``: equal for two records exactly when their grids
+        are (for canonical text, as the paper's script and :func:`format_prompt` write it)."""
+        for sequence in self.sequences:
+            yield sequence[: sequence.find(GRID_END)].strip()
+
+
+class MazeTask:
+    """Mazes of one size: a fixed held-out set and a training stream.
+
+    Generated (the default): the test set is the first ``test_count`` distinct mazes from seeds
+    ``seed_offset``, ``seed_offset + 1``, ... Training mazes come from seeds drawn in
     ``[seed_offset + 2**40, seed_offset + 2**62)`` by a generator seeded with the ``seed`` argument,
     and any maze whose grid equals a test maze is dropped, so disjointness holds by construction
     even where two seeds give the same maze (small sizes have few distinct mazes: 4 at size 5).
+    Each maze is ``generate_maze(size, maze_seed)``, a draw from the paper's maze distribution.
 
-    Items carry ``reference`` = the grid as nested tuples (START/GOAL marked), ``target`` = the BFS
-    answer, and ``meta`` = {size, seed, split}; ``id`` is a hash of the grid.
+    From the paper's data files (:meth:`from_files`): either split, or both, come from a file.
+
+    Items carry ``reference`` = the grid as nested tuples (START/GOAL marked), ``target`` = the
+    answer (moves then ``DONE``; the trainer appends eos), and ``meta`` = {size, seed, split} for a
+    generated maze or {size, split, index} for a file record; ``id`` is a hash of the grid.
     """
 
     name = "maze"
@@ -345,9 +516,71 @@ class MazeTask:
         self.size = size
         self.test_count = test_count
         self.seed_offset = seed_offset
+        self._train_file: _MazeFile | None = None
+        self._test_file: _MazeFile | None = None
+        self.overlap = 0  # test mazes that also appear in the training file
+
+    @classmethod
+    def from_files(
+        cls,
+        train: str | Path | None = None,
+        test: str | Path | None = None,
+        *,
+        test_count: int = 256,
+        seed_offset: int = 0,
+    ) -> MazeTask:
+        """A task over data files in the paper's format (``maxrl maze-data format=official``).
+
+        ``train`` and ``test`` are JSON lists of ``{"sequence", "optimal_path_length"}`` records;
+        the prompt is a sequence up to and including ``PATH_START``, the target what follows
+        without the final ``<eos>``. The maze size is the files'. A split without a file is
+        generated as in ``MazeTask(size, test_count, seed_offset)``: generated training mazes
+        avoid every test maze; a training file is used as it is, and when it shares mazes with the
+        test set the count is reported (a warning, and ``task.overlap``). Training items are drawn
+        from the file without replacement within a call, deterministic in the seed. The paper's
+        1M-maze training file (1.8 GB) loads in about 10 s with a peak of about 4 GB of memory;
+        its 256 test mazes are none of its training mazes.
+        """
+        if train is None and test is None:
+            raise ValueError("give a train or a test file (or both); MazeTask(size) generates both")
+        files = {
+            split: _MazeFile(path, split)
+            for split, path in (("train", train), ("test", test))
+            if path is not None
+        }
+        sizes = {split: f.item(0).meta["size"] for split, f in files.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(
+                f"the train file holds {sizes['train']}x{sizes['train']} mazes and the test file "
+                f"{sizes['test']}x{sizes['test']}; give files of one size"
+            )
+        size = next(iter(sizes.values()))
+        task = cls(size=size, test_count=test_count, seed_offset=seed_offset)
+        task._train_file, task._test_file = files.get("train"), files.get("test")
+        if task._test_file is not None:
+            task.test_count = len(task._test_file)
+        if task._train_file is not None:
+            task.overlap = task._count_overlap()
+        return task
+
+    def _count_overlap(self) -> int:
+        assert self._train_file is not None
+        test_texts = [item.prompt[: item.prompt.find(GRID_END)].strip() for item in self._test]
+        wanted = set(test_texts)
+        found = {text for text in self._train_file.grid_texts() if text in wanted}
+        overlap = sum(text in found for text in test_texts)
+        if overlap:
+            warnings.warn(
+                f"{overlap} of the {len(test_texts)} test mazes also appear in the training file "
+                f"{str(self._train_file.path)!r}; held-out scores on them are not held out",
+                stacklevel=3,
+            )
+        return overlap
 
     @cached_property
     def _test(self) -> list[Item]:
+        if self._test_file is not None:
+            return [self._test_file.item(i) for i in range(len(self._test_file))]
         items: list[Item] = []
         seen: set[str] = set()
         # Enough tries to find any realistic count at size >= 7; size 5 has only 4 mazes.
@@ -370,15 +603,25 @@ class MazeTask:
 
     def test_items(self, count: int) -> list[Item]:
         if not 0 <= count <= self.test_count:
+            if self._test_file is not None:
+                fix = f"the test file {str(self._test_file.path)!r} holds {self.test_count} mazes"
+            else:
+                fix = f"build MazeTask(test_count={count}) for a larger held-out set"
             raise ValueError(
-                f"count must be in [0, test_count={self.test_count}]; got {count}; "
-                f"build MazeTask(test_count={count}) for a larger held-out set"
+                f"count must be in [0, test_count={self.test_count}]; got {count}; {fix}"
             )
         return self._test[:count]
 
     def train_items(self, count: int, seed: int) -> list[Item]:
         if count < 0:
             raise ValueError(f"count must be >= 0; got {count}")
+        if self._train_file is not None:
+            rng = random.Random(seed)
+            n = len(self._train_file)
+            order: list[int] = []
+            while len(order) < count:
+                order.extend(rng.sample(range(n), min(n, count - len(order))))
+            return [self._train_file.item(i) for i in order]
         rng = np.random.default_rng(seed)
         test_ids = self._test_ids
         items: list[Item] = []
@@ -422,27 +665,55 @@ def _endpoints_of(cells: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, int], 
     return endpoints(cells)
 
 
+FORMATS = ("jsonl", "official")
+
+
 @dataclass
 class MazeDataConfig:
     """Options of ``maxrl maze-data``."""
 
     size: int = field(default=9, metadata={"help": "maze side length, odd and >= 5 (paper: 17)"})
-    count: int = field(default=1000, metadata={"help": "number of mazes to write"})
-    split: str = field(default="train", metadata={"help": "train or test"})
-    seed: int = field(
-        default=0, metadata={"help": "sampling seed of the train split (test: fixed)"}
+    count: int = field(
+        default=1000,
+        metadata={"help": "jsonl: mazes to write; official: mazes to draw (paper: 1000000)"},
     )
-    out: str = field(default="???", metadata={"help": "output JSONL path (required)"})
+    format: str = field(
+        default="jsonl",
+        metadata={"help": "jsonl (one split, one file) | official (the paper's train/test.json)"},
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "jsonl: sampling seed of the train split (test: fixed); "
+            "official: the dataset seed (paper: 0)"
+        },
+    )
+    out: str = field(
+        default="???", metadata={"help": "jsonl: output file; official: output folder (required)"}
+    )
+    split: str = field(default="train", metadata={"help": "jsonl: train or test"})
     test_count: int = field(
-        default=256, metadata={"help": "size of the held-out set that train mazes avoid"}
+        default=256, metadata={"help": "jsonl: size of the held-out set that train mazes avoid"}
+    )
+    test_size: int = field(
+        default=256, metadata={"help": "official: mazes in test.json (the rest go to train.json)"}
     )
 
     def validate(self) -> None:
         _check_size(self.size)
-        if self.split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test'; got {self.split!r}")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}; got {self.format!r}")
         if self.count < 1:
             raise ValueError(f"count must be >= 1; got {self.count}")
+        if self.format == "official":
+            if not 0 <= self.test_size <= self.count:
+                raise ValueError(
+                    f"test_size={self.test_size} must be in [0, count={self.count}]; "
+                    f"lower test_size or raise count"
+                )
+            return
+        if self.split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test'; got {self.split!r}")
         if self.split == "test" and self.count > self.test_count:
             raise ValueError(
                 f"count={self.count} exceeds test_count={self.test_count}; "
@@ -451,10 +722,13 @@ class MazeDataConfig:
 
 
 def main(argv: list[str]) -> int:
-    """``maxrl maze-data size=9 count=1000 split=train out=train.jsonl``."""
+    """``maxrl maze-data size=9 count=1000 split=train out=train.jsonl``, or
+    ``maxrl maze-data size=17 count=1000000 seed=0 format=official out=DIR``."""
     cfg = _parse(argv)
     if cfg is None:
         return 0
+    if cfg.format == "official":
+        return _write_official(cfg)
     task = MazeTask(size=cfg.size, test_count=cfg.test_count)
     if cfg.split == "test":
         items = task.test_items(cfg.count)
@@ -476,12 +750,42 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _write_official(cfg: MazeDataConfig) -> int:
+    train, test = official_dataset(cfg.size, cfg.count, cfg.seed, cfg.test_size)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "size": cfg.size,
+        "seed": cfg.seed,
+        "algorithm": "prim",
+        "num_train": len(train),
+        "num_test": len(test),
+        "test_size": cfg.test_size,
+    }
+    for name, data in (
+        ("train.json", train),
+        ("test.json", test),
+        ("training_metadata.json", metadata),
+    ):
+        with (out / name).open("w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False)
+    print(f"wrote {len(train)} training and {len(test)} test mazes of size {cfg.size} to {out}")
+    return 0
+
+
 def _parse(argv: list[str]) -> MazeDataConfig | None:
     from maxrl.config import parse_cli
 
     doc = (
-        "Write mazes as JSONL, one object per line with fields id, prompt, answer, size, seed; "
-        "generate_maze(size, seed) rebuilds a maze. The train split never holds a test maze."
+        "Write mazes of the paper's generator. format=jsonl (the default) writes one split to "
+        "the file out, one object per line with fields id, prompt, answer, size, seed "
+        "(generate_maze(size, seed) rebuilds a maze); the train split never holds a test maze. "
+        "format=official writes out/train.json, out/test.json and out/training_metadata.json as "
+        "the paper's dataset script does: count mazes drawn from one random.Random(seed), "
+        "shuffled, the first test_size to test.json; each file a JSON list of "
+        '{"sequence": "<bos> GRID_START ... DONE <eos>", "optimal_path_length": n}. The paper\'s '
+        "set: size=17 count=1000000 seed=0 test_size=256. Train on such files with "
+        "task.data=out/train.json task.test_data=out/test.json."
     )
     return parse_cli(MazeDataConfig, argv, "maze-data", doc)
 
@@ -499,10 +803,13 @@ __all__ = [
     "endpoints",
     "format_answer",
     "format_prompt",
+    "format_sequence",
     "generate_maze",
     "grid_id",
     "main",
     "mark_endpoints",
+    "maze_stream",
+    "official_dataset",
     "parse_prompt",
     "score_moves",
     "solve",
