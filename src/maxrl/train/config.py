@@ -38,6 +38,11 @@ class ModelConfig:
         "float32",
     )
     gradient_checkpointing: bool = _h("recompute activations in backward to save memory", False)
+    packed: bool = _h(
+        "train with the packed forward of maxrl.train.packed where the model supports it "
+        "(Qwen2, Llama); false: the model's own forward (the same function, another float order)",
+        True,
+    )
     lora_rank: int = _h("train LoRA adapters of this rank through peft (0 = full fine-tuning)", 0)
 
 

@@ -48,12 +48,14 @@ def policy_logprobs(
     pad_id: int,
     temperature: float = 1.0,
     entropy: bool = False,
+    packed: bool = True,
 ):
     """(logp, mask, entropies or None) of ``responses``, by the fastest exact forward the model
-    supports (see the module docstring); the arguments of :func:`response_logprobs`."""
+    supports (see the module docstring; ``packed=False`` skips the packed one); the arguments of
+    :func:`response_logprobs`."""
     from maxrl.train.packed import packed_logprobs, supports_packed
 
-    if supports_packed(model):
+    if packed and supports_packed(model):
         return packed_logprobs(model, prompts, responses, lengths, n, temperature, entropy)
     # the shared-prefix forward needs the model's KV cache, which checkpointing turns off
     shared = not getattr(model, "is_gradient_checkpointing", False)

@@ -155,8 +155,7 @@ def packed_logprobs(
         q_r = _unpack(q[tp:], r_flat, (n_rows, w)).transpose(1, 2)  # (B, heads, W, d)
         k_r = _unpack(k[tp:], r_flat, (n_rows, w)).transpose(1, 2)  # (B, kv, W, d)
         v_r = _unpack(v[tp:], r_flat, (n_rows, w)).transpose(1, 2)
-        keys = torch.cat([k_p[row_prompt], k_r], dim=2)
-        values = torch.cat([v_p[row_prompt], v_r], dim=2)
+        keys, values = _after_prompt(k_p, k_r, n), _after_prompt(v_p, v_r, n)
         out_r = _attention(q_r, keys, values, r_bias, scaling, group > 1)
         out_r = out_r.transpose(1, 2).reshape(n_rows * w, -1)[r_flat]
         h = torch.cat([h_p, h_r]) + sa.o_proj(torch.cat([out_p, out_r]))
@@ -190,6 +189,17 @@ def packed_logprobs(
         ent = torch.zeros_like(logp)
         ent[real] = -(logp_all.exp() * logp_all).sum(-1)
     return logp, real, ent
+
+
+def _after_prompt(prompt: torch.Tensor, own: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, kv, Lp + W, d): each row's prompt keys (or values), then its own. The prompt part is
+    written by broadcasting the (P, kv, Lp, d) tensor over its n rows, so its gradient is a sum
+    over them rather than a scatter."""
+    n_prompts, heads, lp, dim = prompt.shape
+    out = prompt.new_empty((n_prompts, n, heads, lp + own.shape[2], dim))
+    out[:, :, :, :lp] = prompt[:, None]
+    out[:, :, :, lp:] = own.view(n_prompts, n, heads, -1, dim)
+    return out.view(n_prompts * n, heads, lp + own.shape[2], dim)
 
 
 def _linear(x: torch.Tensor, layers) -> torch.Tensor:

@@ -89,7 +89,7 @@ def run_sft(cfg: TrainConfig, out_dir: Path) -> Path:
         # mean next-token loss over the answer tokens, by the trainer's forward
         with compute_precision(model, cfg.model.precision):
             logp, mask, _ = policy_logprobs(
-                model, prompts, answers, lengths, 1, tokenizer.pad_token_id
+                model, prompts, answers, lengths, 1, tokenizer.pad_token_id, packed=cfg.model.packed
             )
         loss = -(logp * mask).sum() / mask.sum()
         optimizer.zero_grad(set_to_none=True)

@@ -55,13 +55,15 @@ def optimise(
     step: int,
     ref_model=None,
     precision: str = "float32",
+    packed: bool = True,
 ) -> UpdateStats:
     """PPO-style epochs x minibatches over one rollout batch (one plain step by default).
 
     ``adv`` is (prompts, N), one advantage per rollout. An update whose loss or gradient is not
     finite is skipped (the optimiser does not step) and reported with ``finite=False``.
     Minibatch order (PPO only) is drawn from the ``(seed, step)`` streams. ``precision`` is
-    the matmul precision of the forward and backward (:func:`compute_precision`).
+    the matmul precision of the forward and backward (:func:`compute_precision`); ``packed``
+    allows the packed forward (:func:`policy_logprobs`).
     """
     n = groups.group_size
     prompts = groups.prompt_ids
@@ -73,7 +75,7 @@ def optimise(
     ref_logp = None
     if ref_model is not None:
         with torch.no_grad():
-            ref_logp = _logprobs_by_groups(ref_model, groups, micro_batch_size)
+            ref_logp = _logprobs_by_groups(ref_model, groups, micro_batch_size, packed)
     per_mb = n_groups // algo.minibatches
     groups_per_micro = max(1, micro_batch_size // n)
     totals = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0}
@@ -110,6 +112,7 @@ def optimise(
                         pad_id,
                         temp,
                         entropy=epoch == 0 or algo.entropy_coef != 0,
+                        packed=packed,
                     )
                 width = logp.shape[1]
                 out = policy_loss(
@@ -153,7 +156,7 @@ def optimise(
     )
 
 
-def _logprobs_by_groups(model, groups: RolloutGroups, micro: int) -> torch.Tensor:
+def _logprobs_by_groups(model, groups: RolloutGroups, micro: int, packed: bool) -> torch.Tensor:
     """Response log-probabilities of a whole batch, micro-batch by micro-batch, (B, longest)."""
     n = groups.group_size
     width = int(groups.lengths.max())
@@ -169,6 +172,7 @@ def _logprobs_by_groups(model, groups: RolloutGroups, micro: int) -> torch.Tenso
             n,
             groups.pad_token_id,
             groups.params.temperature,
+            packed=packed,
         )
         out[seqs, : logp.shape[1]] = logp
     return out
