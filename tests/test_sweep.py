@@ -82,7 +82,8 @@ def test_shipped_sweep_configs_are_valid():
     assert len(files) >= 2
     for f in files:
         cfg = load_config(SweepConfig, f)
-        assert {m.estimator for m in cfg.methods} >= {"maxrl", "grpo", "rloo"}
+        if f.stem != "sweep_precision":  # a comparison of the trainer's forward, not of methods
+            assert {m.estimator for m in cfg.methods} >= {"maxrl", "grpo", "rloo"}
 
 
 def test_parallel_workers_give_the_same_grid(tmp_path, tiny_init):

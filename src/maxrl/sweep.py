@@ -11,7 +11,9 @@ depend on how many run beside it.
 Outputs: ``results.md`` (mean and spread over seeds of the final held-out metrics, and the
 sample-efficiency factor of MaxRL over GRPO), ``results.json``, ``neg_log_pass_vs_rollouts.png``
 (-log pass@k against training rollouts per prompt for k = 1 and the largest k) and
-``pass_at_k_curves.png`` (final pass@k curves per method at the largest N).
+``pass_at_k_curves.png`` (final pass@k curves per method at the largest N) and
+``pass_rate_histograms.png`` (held-out prompts by pass rate at the start and after RL). The start
+is evaluated once per seed, in the first run of that seed (``eval.at_start``).
 """
 
 from __future__ import annotations
@@ -120,6 +122,10 @@ def sweep(cfg: SweepConfig) -> dict:
         init = str(run_sft(cfg.base, out / "sft"))
     grid = [(m, n, s) for m in cfg.methods for n in cfg.rollouts for s in cfg.seeds]
     runs = [run_config(cfg, method, n, seed, init) for method, n, seed in grid]
+    first_of_seed = {}
+    for run in runs:  # the start (the SFT model, the step-0 eval stream) is the same per seed
+        first_of_seed.setdefault(run.run.seed, run)
+        run.eval.at_start = run is first_of_seed[run.run.seed]
     for run in runs:  # a folder made with other settings is not silently reused
         if (Path(run.run.out_dir) / "config.yaml").exists():
             check_resume(run, Path(run.run.out_dir), step=0)
@@ -212,8 +218,13 @@ def _start_evals(out: Path, cfg: SweepConfig) -> list[dict]:
     found = {}
     for summary in sorted(out.glob("*/N*/seed*/summary.json")):
         seed = summary.parent.name
-        if seed not in found and int(seed.removeprefix("seed")) in cfg.seeds:
-            found[seed] = json.loads(summary.read_text())["before"]
+        before = json.loads(summary.read_text())["before"]
+        if (
+            seed not in found
+            and int(seed.removeprefix("seed")) in cfg.seeds
+            and before["step"] == 0
+        ):
+            found[seed] = before
     return list(found.values())
 
 
@@ -264,7 +275,7 @@ def summarise(cfg: SweepConfig) -> dict:
             f"the coverage {cfg.baseline} reaches at k={k_big} "
             f"(pass@{k_big} = {curves[cfg.baseline].pass_at_k[-1]:.3f}): {factor:.2f}x"
         )
-    lines += _pass_rate_table(with_start, n_max)
+    lines += _pass_rate_table(with_start, n_max, out / "pass_rate_histograms.png")
     text = "\n".join(lines)
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(
@@ -306,10 +317,12 @@ def summarise(cfg: SweepConfig) -> dict:
     return {"table": text, "factor": factor, "results": table}
 
 
-def _pass_rate_table(results: dict[str, dict[int, list[dict]]], n_max: int) -> list[str]:
+def _pass_rate_table(
+    results: dict[str, dict[int, list[dict]]], n_max: int, figure: Path
+) -> list[str]:
     """Markdown rows: the fraction of held-out prompts in each pass-rate bin after RL at the
-    largest N (and at the start), mean over seeds."""
-    from maxrl.eval.plots import pass_rate_bins
+    largest N (and at the start), mean over seeds; the same as bars in ``figure``."""
+    from maxrl.eval.plots import pass_rate_bins, plot_pass_rate_histogram
 
     rows = {
         name: by_n.get(n_max) or by_n.get(0)
@@ -325,9 +338,15 @@ def _pass_rate_table(results: dict[str, dict[int, list[dict]]], n_max: int) -> l
         "| method | " + " | ".join(intervals) + " |",
         "|---|" + "---|" * len(intervals),
     ]
+    mean_records = {}
     for name, recs in rows.items():
-        means = np.mean([[v for _, v in pass_rate_bins(r)] for r in recs], axis=0)
-        out.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in means) + " |")
+        keys = [k for k in recs[0] if k.startswith("eval/pass_rate/")]
+        mean_records[name] = {k: float(np.mean([r[k] for r in recs])) for k in keys}
+        cells = " | ".join(f"{v:.3f}" for _, v in pass_rate_bins(mean_records[name]))
+        out.append(f"| {name} | {cells} |")
+    plot_pass_rate_histogram(
+        figure, mean_records, f"held-out prompts by pass rate, N={n_max} (mean over seeds)"
+    )
     return out
 
 

@@ -60,7 +60,7 @@ class Run:
 
     def steps(self):
         """The steps still to run, with one progress bar; evaluates first on a fresh run."""
-        if self.start == 0:
+        if self.start == 0 and self.cfg.eval.at_start:
             self.logger.log(0, self.evaluate(0))
         self._bar = tqdm(
             range(self.start + 1, self.cfg.run.steps + 1),
