@@ -22,7 +22,9 @@ Settings (``--setting``):
   ``--preset``; 13x13 and ``paper`` by default), 120 new tokens.
 
 Run: ``python benchmarks/rl_step.py --setting main`` (a few minutes) and ``--setting fig3``.
-``--precision`` compares the native trainer in float32 (the default) or bfloat16.
+``--precision`` sets the native trainer's ``model.precision`` (default ``auto``, as ``maxrl train``:
+bf16 matmuls on an AMX CPU or a GPU, float32 elsewhere). Both trainers run with glibc told to
+keep freed memory (``maxrl.seeding.keep_freed_memory``, which ``maxrl train`` does by default).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def parse(argv):
     parser.add_argument("--sft-steps", type=int, default=300, help="SFT warm-start steps")
     parser.add_argument("--steps", type=int, default=4, help="timed steps of each trainer")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each first")
-    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--skip-trl", action="store_true", help="time the native trainer only")
     return parser.parse_args(argv)
 
@@ -218,6 +220,9 @@ def report(name: str, times: list[tuple[float, float]], skip: int) -> float:
 def main(argv=None) -> None:
     args = parse(argv)
     torch.set_num_threads(1)
+    from maxrl.seeding import keep_freed_memory
+
+    tuned = keep_freed_memory()  # for the whole process: both trainers run under it
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     s = dict(SETTINGS[args.setting])
     s.update({k: v for k, v in (("size", args.size), ("preset", args.preset)) if v})
@@ -228,7 +233,8 @@ def main(argv=None) -> None:
     print(
         f"setting {args.setting}: {s['prompts']} prompts x {s['rollouts']} rollouts, "
         f"{s['size']}x{s['size']} mazes, preset {s['preset']}, {s['new_tokens']} new tokens, "
-        f"micro-batch {s['micro']}; precision {args.precision}; one torch thread; CPU "
+        f"micro-batch {s['micro']}; precision {args.precision}; one torch thread; freed memory "
+        f"{'kept' if tuned else 'returned'}; CPU "
         f"{'with' if amx else 'without'} AMX ({torch.backends.cpu.get_cpu_capability()})"
     )
     with tempfile.TemporaryDirectory() as tmp:

@@ -107,10 +107,10 @@ def run_config(cfg: SweepConfig, method: MethodSpec, n: int, seed: int, init: st
 
 def sweep(cfg: SweepConfig) -> dict:
     from maxrl.models.loading import quiet_transformers
-    from maxrl.seeding import set_threads
+    from maxrl.seeding import process_settings
     from maxrl.train.setup import check_resume
 
-    set_threads(cfg.base.run.threads)
+    process_settings(cfg.base.run)
     quiet_transformers()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,10 +151,10 @@ def _label(run: TrainConfig) -> str:
 
 def _train_one(run: TrainConfig) -> str:
     from maxrl.models.loading import quiet_transformers
-    from maxrl.seeding import set_threads
+    from maxrl.seeding import process_settings
     from maxrl.train.rl import train
 
-    set_threads(run.run.threads)
+    process_settings(run.run)
     quiet_transformers()
     train(run)
     return run.run.out_dir

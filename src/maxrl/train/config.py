@@ -140,6 +140,11 @@ class RunConfig:
         "ten to twenty times slower here",
         1,
     )
+    keep_freed_memory: bool = _h(
+        "keep freed memory for reuse instead of returning it to the OS (glibc's mallopt): "
+        "faster steps, resident memory at its peak",
+        True,
+    )
     tensorboard: bool = _h("also log to TensorBoard in out_dir/tb", True)
     wandb_project: str = _h("also log to Weights & Biases under this project (empty = off)", "")
     progress: bool = _h("show a progress bar", True)

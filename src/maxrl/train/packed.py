@@ -136,6 +136,10 @@ def packed_logprobs(
         k = qkv[:, q_width : q_width + kv_width].view(-1, n_kv, head_dim)
         v = qkv[:, q_width + kv_width :].view(-1, n_kv, head_dim)
         q, k = apply_rope(q, k, cos, sin, unsqueeze_dim=1)
+        # attention runs in float32 (see _attention): cast the packed q/k/v once, before the
+        # layouts that repeat them
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         # prompt keys and values padded to (P, kv, Lp, d)
         k_p = _unpack(k[:tp], p_flat, (n_prompts, lp)).transpose(1, 2)
         v_p = _unpack(v[:tp], p_flat, (n_prompts, lp)).transpose(1, 2)

@@ -22,7 +22,7 @@ from maxrl.groups import make_rollout_sampler
 from maxrl.metrics import MetricsLogger
 from maxrl.models.loading import load_policy, quiet_transformers, stop_ids
 from maxrl.rollout import SamplingParams
-from maxrl.seeding import set_threads
+from maxrl.seeding import process_settings
 from maxrl.tasks import make_task
 from maxrl.tasks.base import Task
 from maxrl.train.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
@@ -122,7 +122,7 @@ class Run:
 
 def setup(cfg: TrainConfig, task: Task | None = None) -> Run:
     """Build (or restore from the run folder's latest checkpoint) everything the loop needs."""
-    set_threads(cfg.run.threads)
+    process_settings(cfg.run)
     quiet_transformers()
     out_dir = Path(cfg.run.out_dir)
     if cfg.model.init and not Path(cfg.model.init).exists():

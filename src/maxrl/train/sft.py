@@ -18,7 +18,7 @@ from maxrl.eval.evaluate import evaluator
 from maxrl.groups import encode_prompts, make_rollout_sampler
 from maxrl.metrics import MetricsLogger, Timer, read_metrics
 from maxrl.models.loading import build_policy, load_policy, quiet_transformers
-from maxrl.seeding import set_threads, step_seed
+from maxrl.seeding import process_settings, step_seed
 from maxrl.tasks import make_task
 from maxrl.train.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
 from maxrl.train.config import TrainConfig
@@ -123,7 +123,7 @@ def main(argv: list[str]) -> int:
     cfg = parse_cli(TrainConfig, argv, "sft", __doc__)
     if cfg is None:
         return 0
-    set_threads(cfg.run.threads)
+    process_settings(cfg.run)
     quiet_transformers()
     out_dir = Path(cfg.run.out_dir) / "sft"
     out_dir.mkdir(parents=True, exist_ok=True)
