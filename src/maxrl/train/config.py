@@ -216,7 +216,8 @@ class TrainConfig:
 
 
 # keys a resumed run may change (see maxrl.train.setup): its length, its logging and progress,
-# and its checkpoint cadence; anything else would make the resumed run a different experiment
+# its checkpoint cadence, and settings that change no number it computes; anything else would
+# make the resumed run a different experiment
 RESUMABLE_KEYS = (
     "run.steps",
     "run.progress",
@@ -225,6 +226,8 @@ RESUMABLE_KEYS = (
     "run.checkpoint_every",
     "run.keep_checkpoints",
     "run.allow_config_change",
+    "run.keep_freed_memory",
+    "eval.at_start",
 )
 
 
