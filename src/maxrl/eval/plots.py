@@ -15,6 +15,12 @@ import numpy as np  # noqa: E402
 _PASS = re.compile(r"^eval/pass@(\d+)$")
 
 
+def _save(fig, path: Path, dpi: int) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def curve_of(record: dict) -> tuple[list[int], list[float]]:
     """(ks, pass@k) from one evaluation record (keys ``eval/pass@<k>``)."""
     pairs = sorted((int(m.group(1)), v) for k, v in record.items() if (m := _PASS.match(k)))
@@ -43,9 +49,7 @@ def plot_passk(
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, 120)
 
 
 def pass_rate_bins(record: dict) -> list[tuple[str, float]]:
@@ -76,9 +80,7 @@ def plot_pass_rate_histogram(path: Path, records: dict[str, dict], title: str) -
     ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, 120)
 
 
 def plot_vs_step(
@@ -101,9 +103,7 @@ def plot_vs_step(
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, 110)
 
 
 def plot_vs_rollouts(
@@ -126,6 +126,4 @@ def plot_vs_rollouts(
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, 120)

@@ -1,0 +1,204 @@
+"""The report of ``maxrl sweep``: a grid folder's finished runs as tables (mean ± sd over seeds
+of the final held-out metrics, the pass-rate distribution, training diagnostics, the
+sample-efficiency factor) and plots. It reads the run folders alone, so it can be rebuilt at any
+time from a half-done grid."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from maxrl import passk
+from maxrl.eval.plots import curve_of, plot_passk, plot_vs_rollouts
+from maxrl.eval.report import mean_sd, mean_sd_cell
+
+
+def _final_eval(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())["after"]
+
+
+def _start_evals(out: Path, cfg) -> list[dict]:
+    """The evaluation before RL (step 0) of each seed: the shared SFT model, per seed stream."""
+    found = {}
+    for summary in sorted(out.glob("*/N*/seed*/summary.json")):
+        seed = summary.parent.name
+        before = json.loads(summary.read_text())["before"]
+        if (
+            seed not in found
+            and int(seed.removeprefix("seed")) in cfg.seeds
+            and before["step"] == 0
+        ):
+            found[seed] = before
+    return list(found.values())
+
+
+def summarise(cfg) -> dict:
+    out = Path(cfg.out_dir)
+    results: dict[str, dict[int, list[dict]]] = {}
+    for m in cfg.methods:
+        for n in cfg.rollouts:
+            runs = [out / m.label / f"N{n}" / f"seed{s}" for s in cfg.seeds]
+            done = [_final_eval(r) for r in runs if (r / "summary.json").exists()]
+            if done:
+                results.setdefault(m.label, {})[n] = done
+    if not results:
+        raise ValueError(f"no finished runs under {out}")
+    any_record = next(iter(next(iter(results.values())).values()))[0]
+    ks, _ = curve_of(any_record)
+    k_big = ks[-1]
+    keys = (
+        "eval/pass@1",
+        f"eval/pass@{k_big}",
+        "eval/neg_log_pass@1",
+        f"eval/neg_log_pass@{k_big}",
+    )
+    lines = [
+        f"| method | N | seeds | pass@1 | pass@{k_big} | -log pass@1 | -log pass@{k_big} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    table = {}
+    starts = _start_evals(out, cfg)
+    with_start = {"(start: SFT model)": {0: starts}, **results} if starts else results
+    for name, by_n in with_start.items():
+        for n, recs in sorted(by_n.items()):
+            row = {key: mean_sd(r[key] for r in recs) for key in keys}
+            table[f"{name}/N{n}"] = {"seeds": len(recs), **row}
+            cells = " | ".join(f"{m:.3f} ± {sd:.3f}" for m, sd in row.values())
+            lines.append(f"| {name} | {n} | {len(recs)} | {cells} |")
+    n_max = max(cfg.rollouts)
+    curves = {}
+    for name, by_n in results.items():
+        if n_max in by_n:
+            values = np.mean([curve_of(r)[1] for r in by_n[n_max]], axis=0)
+            curves[name] = passk.PassAtKCurve(tuple(ks), tuple(float(v) for v in values))
+    factor = None
+    if cfg.target in curves and cfg.baseline in curves:
+        factor = passk.sample_efficiency(curves[cfg.target], curves[cfg.baseline])
+        lines.append(
+            f"\nSample-efficiency factor of {cfg.target} over {cfg.baseline} at N={n_max}, at "
+            f"the coverage {cfg.baseline} reaches at k={k_big} "
+            f"(pass@{k_big} = {curves[cfg.baseline].pass_at_k[-1]:.3f}): {factor:.2f}x"
+        )
+    lines += _pass_rate_table(with_start, n_max, out / "pass_rate_histograms.png")
+    lines += _training_table(cfg, out)
+    text = "\n".join(lines)
+    (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "table": table,
+                "sample_efficiency": factor,
+                "k_max": k_big,
+                "curves": {k: dict(zip(map(str, c.ks), c.pass_at_k)) for k, c in curves.items()},
+            },
+            indent=1,
+            default=lambda x: None if isinstance(x, float) and math.isnan(x) else x,
+        )
+    )
+    plot_vs_rollouts(
+        out / "neg_log_pass_vs_rollouts.png",
+        [
+            (
+                f"held-out -log pass@{k} (mean ± sd over seeds)",
+                f"-log pass@{k}",
+                {
+                    name: {
+                        n: [r[f"eval/neg_log_pass@{k}"] for r in recs] for n, recs in by_n.items()
+                    }
+                    for name, by_n in results.items()
+                },
+            )
+            for k in (1, k_big)
+        ],
+    )
+    plot_passk(
+        out / "pass_at_k_curves.png",
+        {
+            name: {f"eval/pass@{k}": v for k, v in zip(c.ks, c.pass_at_k)}
+            for name, c in curves.items()
+        },
+        title=f"held-out pass@k after RL, N={n_max} (mean over seeds)",
+    )
+    return {"table": text, "factor": factor, "results": table}
+
+
+# what training looked like, per run: the mean over its steps, and the last step's entropy
+DIAGNOSTICS = (
+    ("train reward", "train/reward_mean", "mean"),
+    ("all-fail groups", "train/frac_all_fail", "mean"),
+    ("all-success groups", "train/frac_all_success", "mean"),
+    ("entropy, first step", "train/entropy", "first"),
+    ("entropy, last step", "train/entropy", "last"),
+    ("response length", "train/response_length", "mean"),
+)
+
+
+def _training_table(cfg, out: Path) -> list[str]:
+    """Markdown rows of training diagnostics per method and N (mean ± sd over seeds)."""
+    from maxrl.metrics import read_metrics
+
+    rows = []
+    for m in cfg.methods:
+        for n in cfg.rollouts:
+            runs = [out / m.label / f"N{n}" / f"seed{s}" for s in cfg.seeds]
+            runs = [r for r in runs if (r / "summary.json").exists()]
+            if not runs:
+                continue
+            per_run = []
+            for run in runs:
+                train = [r for r in read_metrics(run / "metrics.jsonl") if "train/reward_mean" in r]
+                values = []
+                for _, key, how in DIAGNOSTICS:
+                    series = [r[key] for r in train]
+                    pick = {"mean": lambda x: float(np.mean(x)), "first": lambda x: x[0]}
+                    values.append(pick.get(how, lambda x: x[-1])(series))
+                per_run.append(values)
+            cells = " | ".join(
+                mean_sd_cell([v[i] for v in per_run]) for i in range(len(DIAGNOSTICS))
+            )
+            rows.append(f"| {m.label} | {n} | {len(runs)} | {cells} |")
+    if not rows:
+        return []
+    head = " | ".join(label for label, _, _ in DIAGNOSTICS)
+    return [
+        "\nTraining (per run: the mean over its steps unless stated; mean ± sd over seeds):\n",
+        f"| method | N | seeds | {head} |",
+        "|---|---|---|" + "---|" * len(DIAGNOSTICS),
+        *rows,
+    ]
+
+
+def _pass_rate_table(
+    results: dict[str, dict[int, list[dict]]], n_max: int, figure: Path
+) -> list[str]:
+    """Markdown rows: the fraction of held-out prompts in each pass-rate bin after RL at the
+    largest N (and at the start), mean over seeds; the same as bars in ``figure``."""
+    from maxrl.eval.plots import pass_rate_bins, plot_pass_rate_histogram
+
+    rows = {
+        name: by_n.get(n_max) or by_n.get(0)
+        for name, by_n in results.items()
+        if by_n.get(n_max) or by_n.get(0)
+    }
+    rows = {name: recs for name, recs in rows.items() if pass_rate_bins(recs[0])}
+    if not rows:
+        return []
+    intervals = [interval for interval, _ in pass_rate_bins(next(iter(rows.values()))[0])]
+    out = [
+        f"\nHeld-out prompts by pass rate (fraction of prompts, mean over seeds; N={n_max}):\n",
+        "| method | " + " | ".join(intervals) + " |",
+        "|---|" + "---|" * len(intervals),
+    ]
+    mean_records = {}
+    for name, recs in rows.items():
+        keys = [k for k in recs[0] if k.startswith("eval/pass_rate/")]
+        mean_records[name] = {k: float(np.mean([r[k] for r in recs])) for k in keys}
+        cells = " | ".join(f"{v:.3f}" for _, v in pass_rate_bins(mean_records[name]))
+        out.append(f"| {name} | {cells} |")
+    plot_pass_rate_histogram(
+        figure, mean_records, f"held-out prompts by pass rate, N={n_max} (mean over seeds)"
+    )
+    return out
