@@ -18,8 +18,9 @@ Settings (``--setting``):
 
 - ``main``: the main job's step, 16 prompts x 16 rollouts of 9x9 mazes, the ``small`` model,
   64 new tokens.
-- ``fig3``: the Figure-3 reproduction's step, 16 prompts x 128 rollouts (``--size``,
-  ``--preset``; 13x13 and ``paper`` by default), 120 new tokens.
+- ``fig3``: a step of the Figure-3 reproduction's size (``configs/sweep_fig3.yaml``: 13x13 mazes,
+  the ``small`` model, 64 new tokens) with 16 prompts x 128 rollouts; ``--size`` and
+  ``--preset`` change the maze and the model.
 
 Run: ``python benchmarks/rl_step.py --setting main`` (a few minutes) and ``--setting fig3``.
 ``--precision`` sets the native trainer's ``model.precision`` (default ``auto``, as ``maxrl train``:
@@ -41,7 +42,7 @@ import torch
 
 SETTINGS = {
     "main": dict(size=9, preset="small", prompts=16, rollouts=16, new_tokens=64, micro=256),
-    "fig3": dict(size=13, preset="paper", prompts=16, rollouts=128, new_tokens=120, micro=256),
+    "fig3": dict(size=13, preset="small", prompts=16, rollouts=128, new_tokens=64, micro=256),
 }
 
 
