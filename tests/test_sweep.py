@@ -61,6 +61,25 @@ def test_grid_runs_resumes_and_summarises(tmp_path, tiny_init):
     assert (victim / "summary.json").exists()
     assert (tmp_path / "maxrl" / "N2" / "seed0" / "metrics.jsonl").stat().st_mtime_ns == kept
     assert again["table"] == summary["table"]
+    # a second report of the same folder, under its own prefix, with an extra pass@k column
+    other = grid_cfg(tmp_path, tiny_init, "report_prefix=t2_", "report_ks=[2]")
+    text = summarise(other)["table"]
+    assert text.splitlines()[0].startswith("| method | N | seeds | pass@1 | pass@2 | pass@4 |")
+    assert (tmp_path / "t2_results.md").read_text().strip() == text.strip()
+    assert (tmp_path / "t2_pass_at_k_curves.png").exists()
+    assert (tmp_path / "results.md").read_text() == table  # the first report is untouched
+    results2 = json.loads((tmp_path / "t2_results.json").read_text())
+    row = results2["table"]["maxrl/N4"]
+    assert set(row) == {
+        "seeds",
+        "eval/pass@1",
+        "eval/pass@2",
+        "eval/pass@4",
+        "eval/neg_log_pass@1",
+        "eval/neg_log_pass@4",
+    }
+    with pytest.raises(ValueError, match=r"report_ks \[3\] are not among the evaluated k"):
+        summarise(grid_cfg(tmp_path, tiny_init, "report_ks=[3]"))
 
 
 def test_resolve_params_and_bad_grids(tmp_path, tiny_init):

@@ -13,7 +13,9 @@ sample-efficiency factor of MaxRL over GRPO), ``results.json``, ``neg_log_pass_v
 (-log pass@k against training rollouts per prompt for k = 1 and the largest k) and
 ``pass_at_k_curves.png`` (final pass@k curves per method at the largest N) and
 ``pass_rate_histograms.png`` (held-out prompts by pass rate at the start and after RL). The start
-is evaluated once per seed, in the first run of that seed (``eval.at_start``).
+is evaluated once per seed, in the first run of that seed (``eval.at_start``). Sweeps that share
+a folder (and so its SFT start and the runs they have in common) name their reports apart with
+``report_prefix``; ``report_ks`` adds pass@k columns to the table.
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ class SweepConfig:
         default="grpo", metadata={"help": "method the efficiency factor is against"}
     )
     target: str = field(default="maxrl", metadata={"help": "method whose efficiency is reported"})
+    report_ks: list[int] = field(
+        default_factory=list,
+        metadata={"help": "pass@k columns of the results table besides k = 1 and the largest"},
+    )
+    report_prefix: str = field(
+        default="",
+        metadata={
+            "help": "prefix of the report files in out_dir (e.g. table3_ -> table3_results.md), "
+            "for sweeps that share a folder and its runs"
+        },
+    )
     workers: int = field(
         default=0,
         metadata={
@@ -65,6 +78,13 @@ class SweepConfig:
         check_unique(self.methods)
         if not self.seeds or not self.rollouts:
             raise ValueError("seeds and rollouts must each list at least one value")
+        if not all(isinstance(k, int) and k >= 1 for k in self.report_ks):
+            raise ValueError(f"report_ks must be positive integers; got {self.report_ks}")
+        if "/" in self.report_prefix or self.report_prefix.startswith("."):
+            raise ValueError(
+                f"report_prefix {self.report_prefix!r} must be a plain file-name prefix "
+                f"(no '/', no leading '.'), e.g. table3_"
+            )
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = one per core); got {self.workers}")
         for m in self.methods:
@@ -110,7 +130,7 @@ def sweep(cfg: SweepConfig) -> dict:
     quiet_transformers()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "sweep.yaml")
+    save_config(cfg, out / f"{cfg.report_prefix}sweep.yaml")
     init = cfg.base.model.init
     if not init:
         from maxrl.train.sft import run_sft

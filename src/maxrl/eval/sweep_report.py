@@ -35,6 +35,12 @@ def _start_evals(out: Path, cfg) -> list[dict]:
     return list(found.values())
 
 
+def report_paths(cfg):
+    """``name -> path`` of this grid's report files: ``out_dir/<report_prefix><name>``, so that
+    sweeps sharing a folder (and its runs) keep their own reports."""
+    return lambda name: Path(cfg.out_dir) / f"{cfg.report_prefix}{name}"
+
+
 def summarise(cfg) -> dict:
     out = Path(cfg.out_dir)
     results: dict[str, dict[int, list[dict]]] = {}
@@ -49,15 +55,19 @@ def summarise(cfg) -> dict:
     any_record = next(iter(next(iter(results.values())).values()))[0]
     ks, _ = curve_of(any_record)
     k_big = ks[-1]
+    missing = [k for k in cfg.report_ks if k not in ks]
+    if missing:
+        raise ValueError(f"report_ks {missing} are not among the evaluated k {list(ks)}")
+    shown = sorted({1, k_big, *cfg.report_ks})
     keys = (
-        "eval/pass@1",
-        f"eval/pass@{k_big}",
+        *(f"eval/pass@{k}" for k in shown),
         "eval/neg_log_pass@1",
         f"eval/neg_log_pass@{k_big}",
     )
+    heads = [f"pass@{k}" for k in shown] + ["-log pass@1", f"-log pass@{k_big}"]
     lines = [
-        f"| method | N | seeds | pass@1 | pass@{k_big} | -log pass@1 | -log pass@{k_big} |",
-        "|---|---|---|---|---|---|---|",
+        "| method | N | seeds | " + " | ".join(heads) + " |",
+        "|---|---|---|" + "---|" * len(heads),
     ]
     table = {}
     starts = _start_evals(out, cfg)
@@ -77,16 +87,23 @@ def summarise(cfg) -> dict:
     factor = None
     if cfg.target in curves and cfg.baseline in curves:
         factor = passk.sample_efficiency(curves[cfg.target], curves[cfg.baseline])
+        if factor == 0.0:
+            reading = f"none: {cfg.target} does not reach it within k <= {k_big}"
+        elif math.isinf(factor):
+            reading = f"more than {k_big}x ({cfg.baseline} does not reach it)"
+        else:
+            reading = f"{factor:.2f}x"
         lines.append(
             f"\nSample-efficiency factor of {cfg.target} over {cfg.baseline} at N={n_max}, at "
             f"the coverage {cfg.baseline} reaches at k={k_big} "
-            f"(pass@{k_big} = {curves[cfg.baseline].pass_at_k[-1]:.3f}): {factor:.2f}x"
+            f"(pass@{k_big} = {curves[cfg.baseline].pass_at_k[-1]:.3f}): {reading}"
         )
-    lines += _pass_rate_table(with_start, n_max, out / "pass_rate_histograms.png")
+    name = report_paths(cfg)
+    lines += _pass_rate_table(with_start, n_max, name("pass_rate_histograms.png"))
     lines += _training_table(cfg, out)
     text = "\n".join(lines)
-    (out / "results.md").write_text(text + "\n")
-    (out / "results.json").write_text(
+    name("results.md").write_text(text + "\n")
+    name("results.json").write_text(
         json.dumps(
             {
                 "table": table,
@@ -99,7 +116,7 @@ def summarise(cfg) -> dict:
         )
     )
     plot_vs_rollouts(
-        out / "neg_log_pass_vs_rollouts.png",
+        name("neg_log_pass_vs_rollouts.png"),
         [
             (
                 f"held-out -log pass@{k} (mean ± sd over seeds)",
@@ -115,7 +132,7 @@ def summarise(cfg) -> dict:
         ],
     )
     plot_passk(
-        out / "pass_at_k_curves.png",
+        name("pass_at_k_curves.png"),
         {
             name: {f"eval/pass@{k}": v for k, v in zip(c.ks, c.pass_at_k)}
             for name, c in curves.items()

@@ -58,10 +58,19 @@ def policy_logprobs(
     if packed and supports_packed(model):
         return packed_logprobs(model, prompts, responses, lengths, n, temperature, entropy)
     # the shared-prefix forward needs the model's KV cache, which checkpointing turns off
-    shared = not getattr(model, "is_gradient_checkpointing", False)
+    shared = not recomputes_activations(model)
     return response_logprobs(
         model, prompts, responses, lengths, n, pad_id, temperature, entropy, shared_prefix=shared
     )
+
+
+def recomputes_activations(model) -> bool:
+    """Whether gradient (activation) checkpointing is on; transformers 5.2x renamed the flag to
+    ``is_activation_checkpointing`` and warns on the old name."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
 
 
 def response_logprobs(

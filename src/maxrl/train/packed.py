@@ -35,7 +35,9 @@ from maxrl.rollout.kv import supports_fast_path
 def supports_packed(model) -> bool:
     """Whether :func:`packed_logprobs` reproduces this model's forward pass: a Qwen2 or Llama
     decoder with plain RoPE and its own modules (no gradient checkpointing, no peft wrapper)."""
-    if getattr(model, "is_gradient_checkpointing", False) or hasattr(model, "peft_config"):
+    from maxrl.train.logprobs import recomputes_activations
+
+    if recomputes_activations(model) or hasattr(model, "peft_config"):
         return False
     if not supports_fast_path(model):
         return False

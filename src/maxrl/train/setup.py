@@ -254,7 +254,9 @@ def _restore_policy(cfg: TrainConfig, resume: Path, init_path: str):
 def prepare_model(model, cfg: TrainConfig, lora: bool = True):
     """Gradient checkpointing and LoRA adapters, as the ``model`` section asks."""
     if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5.2x renamed it (and warns on the old name)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
         model.config.use_cache = False
     if lora and cfg.model.lora_rank > 0:
         try:
