@@ -47,6 +47,7 @@ def test_grid_runs_resumes_and_summarises(tmp_path, tiny_init):
         assert f"| {name} | 2 | 2 |" in table and f"| {name} | 4 | 2 |" in table
     assert (tmp_path / "neg_log_pass_vs_rollouts.png").exists()
     assert (tmp_path / "pass_at_k_curves.png").exists()
+    assert "| grpo | 4 | pass@1 |" in table and "2 x pooled sd" in table
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["k_max"] == 4 and len(results["table"]) == 6 + 1  # + the SFT start
     assert "| (start: SFT model) | 0 | 2 |" in table
@@ -122,3 +123,19 @@ def test_parallel_workers_give_the_same_grid(tmp_path, tiny_init):
         assert strip[0] == strip[1]
     with pytest.raises(ValueError, match="workers must be >= 0"):
         grid_cfg(tmp_path, tiny_init, "workers=-1")
+
+
+def test_gap_verdict_by_value():
+    from maxrl.eval.sweep_report import gap_verdict
+
+    # means 0.5 and 0.2, sds 0.1 each: pooled sd 0.1, gap 0.3 > 0.2
+    gap, two_sd, verdict = gap_verdict([0.4, 0.5, 0.6], [0.1, 0.2, 0.3])
+    assert gap == pytest.approx(0.3, rel=1e-12) and two_sd == pytest.approx(0.2, rel=1e-12)
+    assert verdict == "A ahead"
+    assert gap_verdict([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])[2] == "B ahead"
+    # gap 0.15 < 0.2: within noise
+    assert gap_verdict([0.35, 0.45, 0.55], [0.2, 0.3, 0.4])[2] == "within noise"
+    # unequal seeds: pooled variance weights each side by its degrees of freedom
+    gap, two_sd, _ = gap_verdict([0.0, 1.0], [0.0, 0.5, 1.0])
+    assert two_sd == pytest.approx(2 * ((0.5 + 2 * 0.25) / 3) ** 0.5, rel=1e-12)
+    assert gap_verdict([0.5], [0.1, 0.2])[2] == "1 seed"

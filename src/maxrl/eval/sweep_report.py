@@ -100,6 +100,7 @@ def summarise(cfg) -> dict:
         )
     name = report_paths(cfg)
     lines += _pass_rate_table(with_start, n_max, name("pass_rate_histograms.png"))
+    lines += _comparison_table(cfg, results, ("eval/pass@1", f"eval/pass@{k_big}"))
     lines += _training_table(cfg, out)
     text = "\n".join(lines)
     name("results.md").write_text(text + "\n")
@@ -140,6 +141,56 @@ def summarise(cfg) -> dict:
         title=f"held-out pass@k after RL, N={n_max} (mean over seeds)",
     )
     return {"table": text, "factor": factor, "results": table}
+
+
+def gap_verdict(a, b) -> tuple[float, float, str]:
+    """Mean gap ``mean(a) - mean(b)`` of two sets of per-seed values, twice their pooled standard
+    deviation, and the verdict the results page uses: "A ahead" or "B ahead" where the gap
+    exceeds twice the pooled sd, "within noise" otherwise, and "1 seed" where either side has a
+    single value (no spread to judge by)."""
+    a, b = np.asarray(list(a), float), np.asarray(list(b), float)
+    gap = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return gap, math.nan, "1 seed"
+    pooled = math.sqrt(
+        ((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2)
+    )
+    if abs(gap) > 2 * pooled:
+        return gap, 2 * pooled, "A ahead" if gap > 0 else "B ahead"
+    return gap, 2 * pooled, "within noise"
+
+
+def _comparison_table(cfg, results: dict[str, dict[int, list[dict]]], keys) -> list[str]:
+    """Markdown rows: the target method against each other method at each N, per metric, with
+    the gap, twice the pooled sd and the verdict of :func:`gap_verdict`."""
+    target = results.get(cfg.target, {})
+    rows = []
+    for name, by_n in results.items():
+        if name == cfg.target:
+            continue
+        for n, recs in sorted(by_n.items()):
+            if n not in target:
+                continue
+            for key in keys:
+                mine, theirs = [r[key] for r in target[n]], [r[key] for r in recs]
+                gap, two_sd, verdict = gap_verdict(mine, theirs)
+                verdict = {"A ahead": f"{cfg.target} ahead", "B ahead": f"{name} ahead"}.get(
+                    verdict, verdict
+                )
+                rows.append(
+                    f"| {name} | {n} | {key.removeprefix('eval/')} | {np.mean(mine):.3f} | "
+                    f"{np.mean(theirs):.3f} | {gap:+.3f} | {'-' if math.isnan(two_sd) else f'{two_sd:.3f}'} | "
+                    f"{verdict} |"
+                )
+    if not rows:
+        return []
+    return [
+        f"\n{cfg.target} against each method (a gap holds where it exceeds twice the pooled "
+        "sd over seeds):\n",
+        f"| against | N | metric | {cfg.target} | against | gap | 2 x pooled sd | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 # what training looked like, per run: the mean over its steps, and the last step's entropy
