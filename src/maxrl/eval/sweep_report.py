@@ -76,7 +76,9 @@ def summarise(cfg) -> dict:
         for n, recs in sorted(by_n.items()):
             row = {key: mean_sd(r[key] for r in recs) for key in keys}
             table[f"{name}/N{n}"] = {"seeds": len(recs), **row}
-            cells = " | ".join(f"{m:.3f} ± {sd:.3f}" for m, sd in row.values())
+            cells = " | ".join(
+                f"{m:.3f}" if len(recs) == 1 else f"{m:.3f} ± {sd:.3f}" for m, sd in row.values()
+            )
             lines.append(f"| {name} | {n} | {len(recs)} | {cells} |")
     n_max = max(cfg.rollouts)
     curves = {}
