@@ -148,6 +148,9 @@ def sweep(cfg: SweepConfig) -> dict:
     todo = [run for run in runs if not _finished(run)]
     for run in todo:  # one progress view for the grid, not one bar per run
         run.run.progress = False
+    # longest runs first, so that the short ones fill the workers at the end (stable: the grid's
+    # order among runs of equal cost); a run's metrics do not depend on when it trains
+    todo.sort(key=_cost, reverse=True)
     _run_grid(todo, len(runs), workers=min(cfg.workers or _cores(), max(len(todo), 1)))
     return summarise(cfg)
 
@@ -155,6 +158,12 @@ def sweep(cfg: SweepConfig) -> dict:
 def _finished(run: TrainConfig) -> bool:
     summary = Path(run.run.out_dir) / "summary.json"
     return summary.exists() and json.loads(summary.read_text())["after"]["step"] >= run.run.steps
+
+
+def _cost(run: TrainConfig) -> int:
+    """A run's rollout tokens at most, the measure its training time grows with."""
+    roll = run.rollout
+    return run.run.steps * roll.prompts_per_step * roll.rollouts_per_prompt * roll.max_new_tokens
 
 
 def _cores() -> int:
