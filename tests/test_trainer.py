@@ -469,3 +469,21 @@ def test_packed_forward_is_used_only_where_it_is_exact():
     assert not supports_packed(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2)))
     model.gradient_checkpointing_enable()
     assert not supports_packed(model)
+
+
+def test_recomputes_activations_reads_the_checkpointing_flag():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from maxrl.train.logprobs import recomputes_activations
+    from maxrl.train.packed import supports_packed
+
+    cfg = Qwen2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=64, vocab_size=40,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(cfg)
+    assert not recomputes_activations(model) and supports_packed(model)
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    (enable or model.gradient_checkpointing_enable)()
+    # with checkpointing on, neither the packed forward nor the shared prompt cache is used
+    assert recomputes_activations(model) and not supports_packed(model)

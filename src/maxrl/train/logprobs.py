@@ -67,10 +67,10 @@ def policy_logprobs(
 def recomputes_activations(model) -> bool:
     """Whether gradient (activation) checkpointing is on; transformers 5.2x renamed the flag to
     ``is_activation_checkpointing`` and warns on the old name."""
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-        if hasattr(type(model), name):
-            return bool(getattr(model, name))
-    return False
+    value = getattr(model, "is_activation_checkpointing", None)  # also through a peft wrapper
+    if value is None:
+        value = getattr(model, "is_gradient_checkpointing", False)
+    return bool(value)
 
 
 def response_logprobs(
