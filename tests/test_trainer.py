@@ -474,7 +474,7 @@ def test_packed_forward_is_used_only_where_it_is_exact():
 def test_recomputes_activations_reads_the_checkpointing_flag():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from maxrl.train.logprobs import recomputes_activations
+    from maxrl.train.logprobs import enable_activation_checkpointing, recomputes_activations
     from maxrl.train.packed import supports_packed
 
     cfg = Qwen2Config(
@@ -483,7 +483,6 @@ def test_recomputes_activations_reads_the_checkpointing_flag():
     )  # fmt: skip
     model = Qwen2ForCausalLM(cfg)
     assert not recomputes_activations(model) and supports_packed(model)
-    enable = getattr(model, "activation_checkpointing_enable", None)
-    (enable or model.gradient_checkpointing_enable)()
+    enable_activation_checkpointing(model)
     # with checkpointing on, neither the packed forward nor the shared prompt cache is used
     assert recomputes_activations(model) and not supports_packed(model)

@@ -31,7 +31,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from maxrl.config import ConfigError, parse_cli, save_config
-from maxrl.eval.sweep_report import summarise
+from maxrl.eval.sweep_report import report_paths, summarise
 from maxrl.methods import MethodSpec, check_unique, resolve_params
 from maxrl.train.config import TrainConfig
 
@@ -130,7 +130,7 @@ def sweep(cfg: SweepConfig) -> dict:
     quiet_transformers()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / f"{cfg.report_prefix}sweep.yaml")
+    save_config(cfg, report_paths(cfg)("sweep.yaml"))
     init = cfg.base.model.init
     if not init:
         from maxrl.train.sft import run_sft

@@ -76,9 +76,7 @@ def summarise(cfg) -> dict:
         for n, recs in sorted(by_n.items()):
             row = {key: mean_sd(r[key] for r in recs) for key in keys}
             table[f"{name}/N{n}"] = {"seeds": len(recs), **row}
-            cells = " | ".join(
-                f"{m:.3f}" if len(recs) == 1 else f"{m:.3f} ± {sd:.3f}" for m, sd in row.values()
-            )
+            cells = " | ".join(mean_sd_cell(r[key] for r in recs) for key in keys)
             lines.append(f"| {name} | {n} | {len(recs)} | {cells} |")
     n_max = max(cfg.rollouts)
     curves = {}
@@ -100,13 +98,13 @@ def summarise(cfg) -> dict:
             f"the coverage {cfg.baseline} reaches at k={k_big} "
             f"(pass@{k_big} = {curves[cfg.baseline].pass_at_k[-1]:.3f}): {reading}"
         )
-    name = report_paths(cfg)
-    lines += _pass_rate_table(with_start, n_max, name("pass_rate_histograms.png"))
+    path_of = report_paths(cfg)
+    lines += _pass_rate_table(with_start, n_max, path_of("pass_rate_histograms.png"))
     lines += _comparison_table(cfg, results, ("eval/pass@1", f"eval/pass@{k_big}"))
     lines += _training_table(cfg, out)
     text = "\n".join(lines)
-    name("results.md").write_text(text + "\n")
-    name("results.json").write_text(
+    path_of("results.md").write_text(text + "\n")
+    path_of("results.json").write_text(
         json.dumps(
             {
                 "table": table,
@@ -119,7 +117,7 @@ def summarise(cfg) -> dict:
         )
     )
     plot_vs_rollouts(
-        name("neg_log_pass_vs_rollouts.png"),
+        path_of("neg_log_pass_vs_rollouts.png"),
         [
             (
                 f"held-out -log pass@{k} (mean ± sd over seeds)",
@@ -135,7 +133,7 @@ def summarise(cfg) -> dict:
         ],
     )
     plot_passk(
-        name("pass_at_k_curves.png"),
+        path_of("pass_at_k_curves.png"),
         {
             name: {f"eval/pass@{k}": v for k, v in zip(c.ks, c.pass_at_k)}
             for name, c in curves.items()

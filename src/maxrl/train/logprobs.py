@@ -64,6 +64,12 @@ def policy_logprobs(
     )
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Turn gradient (activation) checkpointing on, by the new name where transformers has it."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    (enable or model.gradient_checkpointing_enable)()
+
+
 def recomputes_activations(model) -> bool:
     """Whether gradient (activation) checkpointing is on; transformers 5.2x renamed the flag to
     ``is_activation_checkpointing`` and warns on the old name."""

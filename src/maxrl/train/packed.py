@@ -30,13 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from maxrl.rollout.kv import supports_fast_path
+from maxrl.train.logprobs import recomputes_activations
 
 
 def supports_packed(model) -> bool:
     """Whether :func:`packed_logprobs` reproduces this model's forward pass: a Qwen2 or Llama
     decoder with plain RoPE and its own modules (no gradient checkpointing, no peft wrapper)."""
-    from maxrl.train.logprobs import recomputes_activations
-
     if recomputes_activations(model) or hasattr(model, "peft_config"):
         return False
     if not supports_fast_path(model):

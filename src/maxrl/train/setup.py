@@ -27,6 +27,7 @@ from maxrl.tasks import make_task
 from maxrl.tasks.base import Task
 from maxrl.train.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
 from maxrl.train.config import RESUMABLE_KEYS, TrainConfig
+from maxrl.train.logprobs import enable_activation_checkpointing
 from maxrl.train.optim import adamw
 from maxrl.train.update import UpdateStats
 
@@ -254,9 +255,7 @@ def _restore_policy(cfg: TrainConfig, resume: Path, init_path: str):
 def prepare_model(model, cfg: TrainConfig, lora: bool = True):
     """Gradient checkpointing and LoRA adapters, as the ``model`` section asks."""
     if cfg.model.gradient_checkpointing:
-        # transformers 5.2x renamed it (and warns on the old name)
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        (enable or model.gradient_checkpointing_enable)()
+        enable_activation_checkpointing(model)
         model.config.use_cache = False
     if lora and cfg.model.lora_rank > 0:
         try:
