@@ -19,12 +19,15 @@ PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bf16 matmuls beat float32 by a wide margin here: a GPU, or a CPU with AMX tiles
-    (on one such core a 6000 x 256 x 1024 product ran about 8x faster in bf16)."""
+    """Whether bf16 matmuls beat float32 by a wide margin here: a GPU, or a CPU with AMX tiles or
+    AVX-512 BF16 instructions (on one AMX core a 6000 x 256 x 1024 product ran about 8x faster in
+    bf16; on an AMD EPYC with AVX-512 BF16 the main job's update ran 1.65x faster)."""
     if device.type == "cuda":
         return True
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return device.type == "cpu" and bool(amx and amx())
+    if device.type != "cpu":
+        return False
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 def compute_precision(model, precision: str):
