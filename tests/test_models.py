@@ -375,3 +375,40 @@ def test_a_folder_shaped_like_the_papers_checkpoint_trains(tmp_path, tokenizer):
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "train/reward_mean" in r] == [
         1
     ]
+
+
+def test_cache_argument_follows_the_models_forward():
+    import inspect
+
+    from maxrl.models.loading import cache_argument, output_cache
+
+    model = build_model("tiny", seed=0)
+    params = inspect.signature(type(model).forward).parameters
+    expected = "cache" if "cache" in params else "past_key_values"
+    assert cache_argument(model) == expected
+
+    class Wrapped:  # a peft-style wrapper hides the forward behind *args, **kwargs
+        def __init__(self, inner):
+            self.inner = inner
+
+        def get_base_model(self):
+            return self.inner
+
+        def forward(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    assert cache_argument(Wrapped(model)) == expected
+
+    class Older(torch.nn.Module):  # transformers before the rename
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return None
+
+    assert cache_argument(Older()) == "past_key_values"
+
+    # the cache a forward returns, passed back under that name, continues the sequence exactly
+    ids = torch.tensor([[1, 4, 9, 8, 12]])
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[:, -1]
+        out = model(input_ids=ids[:, :-1], use_cache=True)
+        step = model(input_ids=ids[:, -1:], use_cache=True, **{expected: output_cache(out)})
+    torch.testing.assert_close(step.logits[:, -1], full, rtol=1e-4, atol=0)

@@ -6,7 +6,9 @@ Checkpoints are written every few steps, so transformers' own progress bars are 
 
 from __future__ import annotations
 
+import inspect
 import json
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -18,6 +20,25 @@ def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+@cache
+def _cache_argument(forward) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def cache_argument(model) -> str:
+    """The name under which ``model.forward`` takes a KV cache: ``cache`` in transformers 5.24 and
+    later (where ``past_key_values`` is deprecated), ``past_key_values`` before. A wrapper such as
+    peft's is looked through to the model it wraps."""
+    base = getattr(model, "get_base_model", None)
+    model = base() if callable(base) else model
+    return _cache_argument(type(model).forward)
+
+
+def output_cache(out):
+    """The KV cache a forward returned, under either transformers' name for it."""
+    return out["cache"] if "cache" in out else out.past_key_values
 
 
 def load_policy(path: str, dtype: str = "float32"):

@@ -155,6 +155,8 @@ def full_sequences(
 
 
 def _shared_prefix_logits(model, prompts, resp, r_mask, n: int, pad_id: int):
+    from maxrl.models.loading import cache_argument, output_cache
+
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     p_mask = torch.zeros_like(ids)
@@ -163,13 +165,17 @@ def _shared_prefix_logits(model, prompts, resp, r_mask, n: int, pad_id: int):
         p_mask[i, width - len(p) :] = 1
     positions = (p_mask.cumsum(1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=p_mask, position_ids=positions, use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     cache.batch_repeat_interleave(n)
     first = out.logits[:, -1:].repeat_interleave(n, 0)  # predicts response token 0
     p_len = p_mask.sum(1).repeat_interleave(n)
     mask = torch.cat([p_mask.repeat_interleave(n, 0), r_mask.long()], 1)
     pos = p_len[:, None] + torch.arange(resp.shape[1])[None, :]
     rest = model(
-        input_ids=resp, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
+        input_ids=resp,
+        attention_mask=mask,
+        position_ids=pos,
+        use_cache=True,
+        **{cache_argument(model): cache},
     ).logits
     return torch.cat([first, rest[:, :-1]], 1)

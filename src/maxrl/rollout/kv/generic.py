@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from maxrl.models.loading import cache_argument, output_cache
+
 
 class ModelForwardRunner:
     """Any HF causal LM: its own ``forward`` with its default ``DynamicCache``.
@@ -35,7 +37,7 @@ class ModelForwardRunner:
             use_cache=True,
             logits_to_keep=1,
         )
-        self.cache = out.past_key_values
+        self.cache = output_cache(out)
         return out.logits[:, -1]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -44,10 +46,10 @@ class ModelForwardRunner:
             input_ids=tokens[:, None],
             attention_mask=self.mask[:, : self.filled],
             position_ids=self.positions[:, None],
-            past_key_values=self.cache,
             use_cache=True,
+            **{cache_argument(self.model): self.cache},
         )
-        self.cache = out.past_key_values
+        self.cache = output_cache(out)
         self.positions += 1
         return out.logits[:, -1]
 
