@@ -139,3 +139,27 @@ def test_gap_verdict_by_value():
     gap, two_sd, _ = gap_verdict([0.0, 1.0], [0.0, 0.5, 1.0])
     assert two_sd == pytest.approx(2 * ((0.5 + 2 * 0.25) / 3) ** 0.5, rel=1e-12)
     assert gap_verdict([0.5], [0.1, 0.2])[2] == "1 seed"
+
+
+def test_comparison_pairs(tmp_path, tiny_init):
+    from types import SimpleNamespace
+
+    from maxrl.eval.sweep_report import _comparison_table
+
+    def recs(*values):
+        return {16: [{"eval/pass@1": v} for v in values]}
+
+    results = {"maxrl": recs(0.4, 0.5, 0.6), "grpo": recs(0.1, 0.2, 0.3), "rloo": recs(0.35, 0.45)}
+    rows = _comparison_table(SimpleNamespace(target="maxrl", compare=[]), results, ["eval/pass@1"])
+    # by default the target against every other method: gap 0.3 > 2 x pooled sd 0.2
+    assert (
+        rows[3] == "| maxrl | grpo | 16 | pass@1 | 0.500 | 0.200 | +0.300 | 0.200 | maxrl ahead |"
+    )
+    assert rows[4].startswith("| maxrl | rloo | 16 | pass@1 | 0.500 | 0.400 | +0.100 |")
+    assert len(rows) == 5
+    pairs = SimpleNamespace(target="maxrl", compare=[["rloo", "grpo"]])
+    rows = _comparison_table(pairs, results, ["eval/pass@1"])
+    assert len(rows) == 4 and rows[3].startswith("| rloo | grpo | 16 | pass@1 | 0.400 | 0.200 |")
+    assert rows[3].endswith("| rloo ahead |")
+    with pytest.raises(ValueError, match=r"compare entry \['maxrl', 'ppo'\] must name two"):
+        grid_cfg(tmp_path, tiny_init, "compare=[[maxrl, ppo]]")

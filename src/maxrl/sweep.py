@@ -55,6 +55,13 @@ class SweepConfig:
         default="grpo", metadata={"help": "method the efficiency factor is against"}
     )
     target: str = field(default="maxrl", metadata={"help": "method whose efficiency is reported"})
+    compare: list[list[str]] = field(
+        default_factory=list,
+        metadata={
+            "help": "pairs of method names [A, B] whose gaps the report judges; empty = target "
+            "against every other method"
+        },
+    )
     report_ks: list[int] = field(
         default_factory=list,
         metadata={"help": "pass@k columns of the results table besides k = 1 and the largest"},
@@ -85,6 +92,13 @@ class SweepConfig:
                 f"report_prefix {self.report_prefix!r} must be a plain file-name prefix "
                 f"(no '/', no leading '.'), e.g. table3_"
             )
+        labels = {m.label for m in self.methods}
+        for pair in self.compare:
+            if len(pair) != 2 or not set(pair) <= labels:
+                raise ValueError(
+                    f"compare entry {list(pair)} must name two of the methods "
+                    f"({', '.join(sorted(labels))}), e.g. [maxrl, grpo]"
+                )
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = one per core); got {self.workers}")
         for m in self.methods:

@@ -161,12 +161,14 @@ def gap_verdict(a, b) -> tuple[float, float, str]:
 
 
 def _comparison_table(cfg, results: dict[str, dict[int, list[dict]]], keys) -> list[str]:
-    """Markdown rows: the target method against each other method at each N, per metric, with
-    the gap, twice the pooled sd and the verdict of :func:`gap_verdict`."""
-    target = results.get(cfg.target, {})
+    """Markdown rows: each pair of ``cfg.compare`` (by default the target against each other
+    method) at each N both have, per metric, with the gap, twice the pooled sd and the verdict of
+    :func:`gap_verdict`."""
+    pairs = [tuple(p) for p in cfg.compare] or [(cfg.target, name) for name in results]
     rows = []
-    for name, by_n in results.items():
-        if name == cfg.target:
+    for mine_name, name in pairs:
+        target, by_n = results.get(mine_name, {}), results.get(name, {})
+        if name == mine_name:
             continue
         for n, recs in sorted(by_n.items()):
             if n not in target:
@@ -174,21 +176,22 @@ def _comparison_table(cfg, results: dict[str, dict[int, list[dict]]], keys) -> l
             for key in keys:
                 mine, theirs = [r[key] for r in target[n]], [r[key] for r in recs]
                 gap, two_sd, verdict = gap_verdict(mine, theirs)
-                verdict = {"A ahead": f"{cfg.target} ahead", "B ahead": f"{name} ahead"}.get(
+                verdict = {"A ahead": f"{mine_name} ahead", "B ahead": f"{name} ahead"}.get(
                     verdict, verdict
                 )
+                two_sd = "-" if math.isnan(two_sd) else f"{two_sd:.3f}"
                 rows.append(
-                    f"| {name} | {n} | {key.removeprefix('eval/')} | {np.mean(mine):.3f} | "
-                    f"{np.mean(theirs):.3f} | {gap:+.3f} | {'-' if math.isnan(two_sd) else f'{two_sd:.3f}'} | "
+                    f"| {mine_name} | {name} | {n} | {key.removeprefix('eval/')} | "
+                    f"{np.mean(mine):.3f} | {np.mean(theirs):.3f} | {gap:+.3f} | {two_sd} | "
                     f"{verdict} |"
                 )
     if not rows:
         return []
     return [
-        f"\n{cfg.target} against each method (a gap holds where it exceeds twice the pooled "
-        "sd over seeds):\n",
-        f"| against | N | metric | {cfg.target} | against | gap | 2 x pooled sd | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "\nMethod A against method B (a gap holds where it exceeds twice the pooled sd over "
+        "seeds):\n",
+        "| A | B | N | metric | A | B | gap | 2 x pooled sd | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
 
