@@ -163,3 +163,24 @@ def test_comparison_pairs(tmp_path, tiny_init):
     assert rows[3].endswith("| rloo ahead |")
     with pytest.raises(ValueError, match=r"compare entry \['maxrl', 'ppo'\] must name two"):
         grid_cfg(tmp_path, tiny_init, "compare=[[maxrl, ppo]]")
+
+
+def test_precision_sweep_names_its_precisions():
+    """Each variant of the precision sweep sets the forward and precision its name says, not the
+    CPU-dependent ``auto``."""
+    from pathlib import Path
+
+    from maxrl.sweep import run_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "sweep_precision.yaml"
+    cfg = load_config(SweepConfig, path)
+    got = {
+        m.label: (run.model.packed, run.model.precision)
+        for m in cfg.methods
+        for run in [run_config(cfg, m, cfg.rollouts[0], cfg.seeds[0], "<sft>")]
+    }
+    assert got == {
+        "hf_fp32": (False, "float32"),
+        "packed_fp32": (True, "float32"),
+        "packed_bf16": (True, "bfloat16"),
+    }
