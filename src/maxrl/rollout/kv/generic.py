@@ -17,6 +17,7 @@ class ModelForwardRunner:
     def __init__(self, model, max_new_tokens: int):
         self.model = model
         self.max_new_tokens = max_new_tokens
+        self.cache_name = cache_argument(model)  # looked up once, not at every decode step
 
     def prefill(
         self, ids: torch.Tensor, prompt_lengths: torch.Tensor, rows_of: torch.Tensor | None = None
@@ -47,7 +48,7 @@ class ModelForwardRunner:
             attention_mask=self.mask[:, : self.filled],
             position_ids=self.positions[:, None],
             use_cache=True,
-            **{cache_argument(self.model): self.cache},
+            **{self.cache_name: self.cache},
         )
         self.cache = output_cache(out)
         self.positions += 1
