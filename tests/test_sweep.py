@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +190,68 @@ def test_precision_sweep_names_its_precisions():
         "packed_fp32": (True, "float32"),
         "packed_bf16": (True, "bfloat16"),
     }
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmdline:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:  # a zombie (state Z) has exited and waits only for its new parent to reap it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and prctl")
+def test_workers_stop_when_the_sweep_is_killed(tmp_path, tiny_init):
+    """A sweep killed outright takes its workers with it: none keeps training an orphan run."""
+    script = "import sys; from maxrl.sweep import main; sys.exit(main(sys.argv[1:]))"
+    args = [
+        f"out_dir={tmp_path / 'grid'}",
+        f"base.model.init={tiny_init}",
+        "base.task.maze_size=7",
+        "base.task.test_count=4",
+        "base.rollout.prompts_per_step=2",
+        "base.rollout.max_new_tokens=6",
+        "base.run.steps=100000",  # far longer than the test: the workers are mid-run when killed
+        "base.run.checkpoint_every=100000",
+        "base.eval.every=100000",
+        "base.run.tensorboard=false",
+        "methods=[{name: grpo, estimator: grpo}]",
+        "rollouts=[2]",
+        "seeds=[0,1]",
+        "workers=2",
+    ]
+    sweep_proc = subprocess.Popen([sys.executable, "-c", script, *args])
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            workers = _children(sweep_proc.pid)
+        assert len(workers) == 2, f"the sweep started workers {workers}"
+        os.kill(sweep_proc.pid, signal.SIGKILL)
+        sweep_proc.wait()
+        deadline = time.monotonic() + 60
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.5)
+            alive = [w for w in workers if _running(w)]
+        assert alive == [], f"workers {alive} outlived the sweep"
+    finally:
+        sweep_proc.kill()
+        for w in workers:
+            try:
+                os.kill(w, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

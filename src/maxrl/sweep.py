@@ -24,6 +24,8 @@ import copy
 import json
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +201,21 @@ def _train_one(run: TrainConfig) -> str:
     return run.run.out_dir
 
 
+def _stop_with_parent(parent: int) -> None:
+    """Worker initialiser: on Linux, ask the kernel to end this worker when the sweep process
+    dies (killed, or its terminal closed), so that no orphan keeps training and writing into a
+    run folder that the next ``maxrl sweep`` resumes. A run stopped this way resumes from its last
+    checkpoint like any killed run."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the sweep died before the request was in place
+        os._exit(1)
+
+
 def _run_grid(todo: list[TrainConfig], total: int, workers: int) -> None:
     """Train the runs ``todo`` in ``workers`` processes (each with ``run.threads`` torch
     threads), showing runs done, running and left, and the time left, for the whole grid."""
@@ -224,7 +241,10 @@ def _run_grid(todo: list[TrainConfig], total: int, workers: int) -> None:
         bar.close()
         return
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch threads exist
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    pool = ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_stop_with_parent, initargs=(os.getpid(),)
+    )
+    with pool:
         pending = list(todo)
         while pending or running:
             while pending and len(running) < workers:
