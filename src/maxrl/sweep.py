@@ -6,7 +6,8 @@ in ``out_dir/<method>/N<n>/seed<s>``; a run with a ``summary.json`` is done and 
 with checkpoints is resumed, so re-running the command finishes a half-done grid. The runs train
 ``workers`` at a time (one per core by default), each in its own process with
 ``base.run.threads`` torch threads, under one progress view of the grid; a run's metrics do not
-depend on how many run beside it.
+depend on how many run beside it. Killing the sweep process ends its workers too (on Linux), so
+a killed grid resumes cleanly.
 
 Outputs: ``results.md`` (mean and spread over seeds of the final held-out metrics, and the
 sample-efficiency factor of MaxRL over GRPO), ``results.json``, ``neg_log_pass_vs_rollouts.png``
