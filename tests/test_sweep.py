@@ -16,31 +16,32 @@ from maxrl.config import load_config
 from maxrl.sweep import SweepConfig, resolve_params, summarise, sweep
 
 
+def grid_args(out, init, *extra) -> list[str]:
+    """A tiny grid's command-line overrides; later ones in ``extra`` win."""
+    return [
+        f"out_dir={out}",
+        f"base.model.init={init}",
+        "base.task.maze_size=7",
+        "base.task.test_count=4",
+        "base.rollout.prompts_per_step=2",
+        "base.rollout.max_new_tokens=6",
+        "base.eval.prompts=4",
+        "base.eval.samples=4",
+        "base.eval.every=2",
+        "base.run.steps=2",
+        "base.run.checkpoint_every=2",
+        "base.run.tensorboard=false",
+        "base.run.progress=false",
+        "methods=[{name: maxrl, estimator: maxrl}, {name: maxrl_t, estimator: maxrl_t, "
+        "params: {T: N/2}}, {name: grpo, estimator: grpo}]",
+        "rollouts=[2,4]",
+        "seeds=[0,1]",
+        *extra,
+    ]
+
+
 def grid_cfg(out, init, *extra) -> SweepConfig:
-    return load_config(
-        SweepConfig,
-        None,
-        [
-            f"out_dir={out}",
-            f"base.model.init={init}",
-            "base.task.maze_size=7",
-            "base.task.test_count=4",
-            "base.rollout.prompts_per_step=2",
-            "base.rollout.max_new_tokens=6",
-            "base.eval.prompts=4",
-            "base.eval.samples=4",
-            "base.eval.every=2",
-            "base.run.steps=2",
-            "base.run.checkpoint_every=2",
-            "base.run.tensorboard=false",
-            "base.run.progress=false",
-            "methods=[{name: maxrl, estimator: maxrl}, {name: maxrl_t, estimator: maxrl_t, "
-            "params: {T: N/2}}, {name: grpo, estimator: grpo}]",
-            "rollouts=[2,4]",
-            "seeds=[0,1]",
-            *extra,
-        ],
-    )
+    return load_config(SweepConfig, None, grid_args(out, init, *extra))
 
 
 def test_grid_runs_resumes_and_summarises(tmp_path, tiny_init):
@@ -192,53 +193,54 @@ def test_precision_sweep_names_its_precisions():
     }
 
 
-def _children(pid: int) -> list[int]:
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name: state, parent pid, ...; none
+    once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The spawned worker processes whose parent is ``pid``."""
     out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
+            spawned = b"spawn_main" in (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == pid and b"spawn_main" in cmdline:
-            out.append(int(stat.parent.name))
+        if spawned and _stat(int(proc.name))[1:2] == [str(pid)]:
+            out.append(int(proc.name))
     return out
 
 
 def _running(pid: int) -> bool:
-    try:  # a zombie (state Z) has exited and waits only for its new parent to reap it
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    # a zombie (state Z) has exited and waits only for its new parent to reap it
+    return _stat(pid)[:1] not in ([], ["Z"])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and prctl")
 def test_workers_stop_when_the_sweep_is_killed(tmp_path, tiny_init):
     """A sweep killed outright takes its workers with it: none keeps training an orphan run."""
     script = "import sys; from maxrl.sweep import main; sys.exit(main(sys.argv[1:]))"
-    args = [
-        f"out_dir={tmp_path / 'grid'}",
-        f"base.model.init={tiny_init}",
-        "base.task.maze_size=7",
-        "base.task.test_count=4",
-        "base.rollout.prompts_per_step=2",
-        "base.rollout.max_new_tokens=6",
+    args = grid_args(
+        tmp_path / "grid",
+        tiny_init,
         "base.run.steps=100000",  # far longer than the test: the workers are mid-run when killed
         "base.run.checkpoint_every=100000",
         "base.eval.every=100000",
-        "base.run.tensorboard=false",
         "methods=[{name: grpo, estimator: grpo}]",
         "rollouts=[2]",
-        "seeds=[0,1]",
         "workers=2",
-    ]
+    )
     sweep_proc = subprocess.Popen([sys.executable, "-c", script, *args])
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 120
         while len(workers) < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
-            workers = _children(sweep_proc.pid)
+            workers = _workers_of(sweep_proc.pid)
         assert len(workers) == 2, f"the sweep started workers {workers}"
         os.kill(sweep_proc.pid, signal.SIGKILL)
         sweep_proc.wait()

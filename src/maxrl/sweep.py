@@ -242,10 +242,9 @@ def _run_grid(todo: list[TrainConfig], total: int, workers: int) -> None:
         bar.close()
         return
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch threads exist
-    pool = ProcessPoolExecutor(
+    with ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_stop_with_parent, initargs=(os.getpid(),)
-    )
-    with pool:
+    ) as pool:
         pending = list(todo)
         while pending or running:
             while pending and len(running) < workers:
