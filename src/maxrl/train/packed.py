@@ -9,10 +9,10 @@ forward). What it saves over the model's ``forward`` on a padded batch:
 - every linear layer, norm and MLP runs on packed tokens, with no padding: a prompt's tokens
   once (not once per rollout), and each response's real tokens only (the maze batches of the
   main job pad 14 real response tokens to 24);
-- a response token attends to its prompt's keys and values with one GEMM per prompt and kv
-  head over all the prompt's rollouts' queries (as the kv sampler decodes), and to its own
-  row's earlier tokens with a small batched GEMM; one softmax spans both, so the attention is
-  the model's. No K/V is repeated, per rollout or per query head;
+- a response row attends to its prompt's keys and values, then its own row's, in one
+  ``scaled_dot_product_attention`` call over all rows, so one softmax spans both and the
+  attention is the model's. The prompt's keys and values are computed once and broadcast to
+  its N rows (their gradient is a sum over the rows); grouped-query heads are not repeated;
 - the last layer computes only keys and values at prompt positions other than the last, and no
   response row computes the position after its last token (neither feeds a needed logit);
 - norms run as one fused ``rms_norm`` call, and the q/k/v projections (and the MLP's gate and
@@ -198,13 +198,13 @@ def packed_logprobs(
 
 def _after_prompt(prompt: torch.Tensor, own: torch.Tensor, n: int) -> torch.Tensor:
     """(B, kv, Lp + W, d): each row's prompt keys (or values), then its own. The prompt part is
-    written by broadcasting the (P, kv, Lp, d) tensor over its n rows, so its gradient is a sum
-    over them rather than a scatter."""
+    the (P, kv, Lp, d) tensor broadcast over its n rows, so its gradient is a sum over them rather
+    than a scatter; one ``cat`` writes the result, and its backward only slices the gradient
+    (writing into slices of an empty tensor instead cost a full copy and fill of the gradient
+    per slice in the backward)."""
     n_prompts, heads, lp, dim = prompt.shape
-    out = prompt.new_empty((n_prompts, n, heads, lp + own.shape[2], dim))
-    out[:, :, :, :lp] = prompt[:, None]
-    out[:, :, :, lp:] = own.view(n_prompts, n, heads, -1, dim)
-    return out.view(n_prompts * n, heads, lp + own.shape[2], dim)
+    parts = (prompt[:, None].expand(-1, n, -1, -1, -1), own.view(n_prompts, n, heads, -1, dim))
+    return torch.cat(parts, dim=3).view(n_prompts * n, heads, lp + own.shape[2], dim)
 
 
 def _linear(x: torch.Tensor, layers) -> torch.Tensor:
