@@ -42,6 +42,11 @@ TINY = [
         (["train", "algo.estimator=maxrl_t", "algo.params={T: 99}"], "T=99 exceeds the group"),
         (["train", "no/such.yaml"], "config file 'no/such.yaml' does not exist"),
         (["train", "task.name=math", "model.init=."], "needs task.data=PATH"),
+        (["train", "rollout.precision=fp16"], "rollout.precision must be one of"),
+        (
+            ["train", "rollout.precision=bfloat16", "rollout.backend=hf"],
+            "rollout.precision=bfloat16 needs rollout.backend=kv; got 'hf'",
+        ),
         (["eval", "task=maze"], "give checkpoint=PATH"),
         (["sweep", "methods=[{name: a}, {name: a}]"], "method names must be unique"),
     ],

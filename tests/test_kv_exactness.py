@@ -246,3 +246,66 @@ def test_bf16_model_logprobs_close_to_its_full_forward(prompt_set):
         expected = logits.log_softmax(-1).gather(-1, r.tokens[i, :n, None]).squeeze(-1)
         # bf16 keeps 8 mantissa bits: logits differ by a few parts in a thousand
         torch.testing.assert_close(r.logprobs[i, :n], expected, rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize("name", ["qwen2_small", "qwen2_wide", "llama"])
+@pytest.mark.parametrize("mode", ["own-caches", "shared-prompts", "common-prefix"], ids=lambda m: m)
+def test_bf16_sampler_logprobs_are_those_of_the_bf16_training_forward(name, mode):
+    """``precision="bfloat16"`` on a float32 model samples the policy that the training forward
+    under ``model.precision=bfloat16`` differentiates: its log-probabilities sit within a tenth
+    of the distance between that forward and its float32 counterpart, on the same tokens."""
+    from maxrl.train.logprobs import compute_precision
+    from maxrl.train.packed import packed_logprobs
+
+    m = model(name)
+    n = 4
+    p = common_prefix_prompts()[:4] if mode == "common-prefix" else prompts(4, seed=3)
+    changes = {
+        "own-caches": dict(min_rows_per_shared_prompt=10**9, min_common_prefix=10**9),
+        "shared-prompts": dict(min_rows_per_shared_prompt=2, min_common_prefix=10**9),
+        "common-prefix": dict(min_rows_per_shared_prompt=10**9, min_common_prefix=4),
+    }[mode]
+    params = SamplingParams(max_new_tokens=8, stop_token_ids=(3,))
+    sampler = KVCacheSampler(workers=1, settings=kv_settings(**changes), precision="bfloat16")
+    r = sampler.generate(
+        m, p, params, n=n, pad_token_id=PAD, generator=torch.Generator().manual_seed(0)
+    )
+    train = {}
+    for precision in ("bfloat16", "float32"):
+        with torch.no_grad(), compute_precision(m, precision):
+            logp, mask, _ = packed_logprobs(m, p, r.tokens, r.lengths, n)
+        train[precision] = logp
+    width = logp.shape[1]
+    to_bf16_forward = ((r.logprobs[:, :width] - train["bfloat16"]) * mask).abs().sum()
+    bf16_to_fp32 = ((train["float32"] - train["bfloat16"]) * mask).abs().sum()
+    assert bf16_to_fp32 > 0  # bf16 changed the numbers
+    assert to_bf16_forward <= 0.1 * bf16_to_fp32
+
+
+@pytest.mark.parametrize("name", ["qwen2_small", "gpt2"])
+def test_bf16_sampler_on_the_generic_runner_runs_the_forward_under_autocast(name):
+    """The generic runner with ``precision="bfloat16"``: log-probabilities within bf16 precision
+    of the model's full forward under bf16 autocast, and away from the float32 forward's."""
+    m = model(name)
+    p = prompts(5, seed=2)
+    params = SamplingParams(max_new_tokens=8, stop_token_ids=(3,))
+    sampler = KVCacheSampler(workers=1, fast_path=False, precision="bfloat16")
+    r = sampler.generate(m, p, params, pad_token_id=PAD, generator=torch.Generator().manual_seed(1))
+    fp32 = full_forward_logits(m, p, r)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        bf16 = full_forward_logits(m, p, r)
+    gap_fp32 = gap_bf16 = 0.0
+    for i, (a, b) in enumerate(zip(fp32, bf16)):
+        n = len(a)
+        tokens = r.tokens[i, :n, None]
+        ref_fp32 = a.float().log_softmax(-1).gather(-1, tokens).squeeze(-1)
+        ref_bf16 = b.float().log_softmax(-1).gather(-1, tokens).squeeze(-1)
+        gap_fp32 = max(gap_fp32, float((r.logprobs[i, :n] - ref_fp32).abs().max()))
+        gap_bf16 = max(gap_bf16, float((r.logprobs[i, :n] - ref_bf16).abs().max()))
+    assert gap_fp32 > 1e-4  # far above the float32 sampler's 1e-5 agreement: bf16 ran
+    assert gap_bf16 < 0.02  # bf16 keeps 8 mantissa bits; its cache and full forward round apart
+
+
+def test_sampler_precision_is_checked():
+    with pytest.raises(ValueError, match="float32 or bfloat16; got 'float16'"):
+        KVCacheSampler(precision="float16")

@@ -486,3 +486,30 @@ def test_recomputes_activations_reads_the_checkpointing_flag():
     enable_activation_checkpointing(model)
     # with checkpointing on, neither the packed forward nor the shared prompt cache is used
     assert recomputes_activations(model) and not supports_packed(model)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["model.precision=float32", "rollout.precision=model"], "float32"),
+        (["model.precision=bfloat16", "rollout.precision=model"], "bfloat16"),
+        (["model.precision=bfloat16", "rollout.precision=float32"], "float32"),
+        (["model.precision=float32", "rollout.precision=bfloat16"], "bfloat16"),
+        (["model.precision=bfloat16", "rollout.precision=model", "rollout.backend=hf"], "float32"),
+        (["model.precision=auto", "rollout.precision=model"], "auto"),
+        (["model.precision=bfloat16"], "float32"),  # the default samples in float32
+    ],
+)
+def test_rollouts_sample_in_the_training_forwards_precision(
+    tmp_path, tiny_init, overrides, expected
+):
+    """``rollout.precision=model`` samples the RL rollouts in the precision the training forward
+    runs in; evaluation samples in float32 whatever the setting."""
+    from maxrl.train.logprobs import bf16_is_fast
+    from maxrl.train.setup import setup
+
+    if expected == "auto":
+        expected = "bfloat16" if bf16_is_fast(torch.device("cpu")) else "float32"
+    run = setup(tiny_cfg(tmp_path, tiny_init, *overrides))
+    assert getattr(run.sampler, "precision", "float32") == expected
+    assert getattr(run.eval_sampler, "precision", "float32") == "float32"

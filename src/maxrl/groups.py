@@ -86,12 +86,15 @@ def encode_prompts(tokenizer, items: Sequence[Item]) -> list[list[int]]:
     return [tokenizer(item.prompt, add_special_tokens=False)["input_ids"] for item in items]
 
 
-def make_rollout_sampler(backend: str, max_batch_size: int | None = None, model_path: str = ""):
-    """The sampler of ``rollout.backend`` (``kv``, ``hf`` or ``vllm``)."""
+def make_rollout_sampler(
+    backend: str, max_batch_size: int | None = None, model_path: str = "", precision="float32"
+):
+    """The sampler of ``rollout.backend`` (``kv``, ``hf`` or ``vllm``); ``precision`` is the kv
+    sampler's (``KVCacheSampler(precision=...)``)."""
     if backend == "vllm":
         return make_sampler("vllm", model=model_path)
     if backend == "kv":
-        return make_sampler("kv", max_batch_size=max_batch_size)
+        return make_sampler("kv", max_batch_size=max_batch_size, precision=precision)
     return make_sampler(backend)
 
 

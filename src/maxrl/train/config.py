@@ -61,6 +61,13 @@ class RolloutConfig:
         "a rollout cut at max_new_tokens scores 0 (the paper does this for GSM8K)", False
     )
     max_batch_size: int = _h("most sequences sampled at once (memory bound)", 4096)
+    precision: str = _h(
+        "matmul precision of the RL rollouts (kv sampler): model (that of the training forward, "
+        "model.precision, so the sampled log-probabilities are those the update computes) | "
+        "float32 | bfloat16 (linear layers in bf16, the rest float32); evaluation always "
+        "samples in float32",
+        "float32",
+    )
 
 
 @dataclass
@@ -196,6 +203,12 @@ class TrainConfig:
                 f"{self.task.maze_size}"
             )
         _one_of("rollout.backend", self.rollout.backend, ("kv", "hf", "vllm"))
+        _one_of("rollout.precision", self.rollout.precision, ("model", "float32", "bfloat16"))
+        if self.rollout.precision == "bfloat16" and self.rollout.backend != "kv":
+            raise ValueError(
+                f"rollout.precision=bfloat16 needs rollout.backend=kv; got "
+                f"{self.rollout.backend!r} (set rollout.precision=model or float32)"
+            )
         for key, value in [
             ("run.steps", self.run.steps),
             ("rollout.prompts_per_step", self.rollout.prompts_per_step),

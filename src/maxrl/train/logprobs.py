@@ -34,12 +34,17 @@ def compute_precision(model, precision: str):
     """The context to run the training forward and backward in: ``bfloat16`` autocasts the
     linear layers to bf16 (weights, gradients and the optimiser stay in the model's dtype);
     ``auto`` does so where :func:`bf16_is_fast`, and stays in float32 elsewhere."""
+    if not autocasts_to_bf16(model, precision):
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
+
+
+def autocasts_to_bf16(model, precision: str) -> bool:
+    """Whether ``precision`` (float32 | bfloat16 | auto) means bf16 linear layers for ``model``."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     device = next(model.parameters()).device
-    if precision == "float32" or (precision == "auto" and not bf16_is_fast(device)):
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return precision == "bfloat16" or (precision == "auto" and bf16_is_fast(device))
 
 
 def policy_logprobs(

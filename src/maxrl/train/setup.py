@@ -27,7 +27,7 @@ from maxrl.tasks import make_task
 from maxrl.tasks.base import Task
 from maxrl.train.checkpoints import latest_checkpoint, load_trainer_state, save_checkpoint
 from maxrl.train.config import RESUMABLE_KEYS, TrainConfig
-from maxrl.train.logprobs import enable_activation_checkpointing
+from maxrl.train.logprobs import autocasts_to_bf16, enable_activation_checkpointing
 from maxrl.train.optim import adamw
 from maxrl.train.update import UpdateStats
 
@@ -49,7 +49,8 @@ class Run:
     task: Task
     optimizer: object
     scheduler: object
-    sampler: object
+    sampler: object  # the RL rollouts' (rollout.precision)
+    eval_sampler: object  # evaluation's, in float32
     sampling: SamplingParams
     estimator: advantages.PreparedEstimator
     evaluate: object  # step -> eval metrics
@@ -169,8 +170,11 @@ def setup(cfg: TrainConfig, task: Task | None = None) -> Run:
         to_dict(cfg),
         resume_step=start if resume else -1,
     )
-    sampler = make_rollout_sampler(cfg.rollout.backend, cfg.rollout.max_batch_size, init_path)
     roll = cfg.rollout
+    sampler = make_rollout_sampler(
+        roll.backend, roll.max_batch_size, init_path, rollout_precision(cfg, model)
+    )
+    eval_sampler = make_rollout_sampler(roll.backend, roll.max_batch_size, init_path)
     sampling = SamplingParams(
         roll.max_new_tokens,
         roll.temperature,
@@ -197,10 +201,22 @@ def setup(cfg: TrainConfig, task: Task | None = None) -> Run:
         sampler=sampler,
         sampling=sampling,
         estimator=estimator,
-        evaluate=evaluator(cfg, model, tokenizer, task, sampler),
+        eval_sampler=eval_sampler,
+        evaluate=evaluator(cfg, model, tokenizer, task, eval_sampler),
         logger=logger,
         start=start,
     )
+
+
+def rollout_precision(cfg: TrainConfig, model) -> str:
+    """The kv sampler's precision for the RL rollouts: ``rollout.precision``, where ``model``
+    means bfloat16 exactly when the training forward autocasts to it (``model.precision``)."""
+    precision = cfg.rollout.precision
+    if precision == "model":
+        if cfg.rollout.backend != "kv":
+            return "float32"
+        return "bfloat16" if autocasts_to_bf16(model, cfg.model.precision) else "float32"
+    return precision
 
 
 def check_resume(cfg: TrainConfig, out_dir: Path, step: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from maxrl.models.loading import cache_argument, output_cache
@@ -14,10 +16,21 @@ class ModelForwardRunner:
     whole preallocated length (docs/rollout.md).
     """
 
-    def __init__(self, model, max_new_tokens: int):
+    def __init__(self, model, max_new_tokens: int, autocast: bool = False):
         self.model = model
         self.max_new_tokens = max_new_tokens
         self.cache_name = cache_argument(model)  # looked up once, not at every decode step
+        self.autocast = autocast  # run the forward under bf16 autocast, return float32 logits
+
+    def _forward(self, **kwargs) -> torch.Tensor:
+        device = next(self.model.parameters()).device.type
+        context = (
+            torch.autocast(device, torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        )
+        with context:
+            out = self.model(**kwargs)
+        self.cache = output_cache(out)
+        return out.logits[:, -1].float() if self.autocast else out.logits[:, -1]
 
     def prefill(
         self, ids: torch.Tensor, prompt_lengths: torch.Tensor, rows_of: torch.Tensor | None = None
@@ -31,28 +44,25 @@ class ModelForwardRunner:
         self.mask = (cols[None, :] >= pad_cols).long()
         self.positions = prompt_lengths.clone()
         self.filled = width
-        out = self.model(
+        return self._forward(
             input_ids=ids,
             attention_mask=self.mask[:, :width],
             position_ids=(cols[None, :width] - pad_cols).clamp(min=0),
             use_cache=True,
             logits_to_keep=1,
         )
-        self.cache = output_cache(out)
-        return out.logits[:, -1]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.filled += 1
-        out = self.model(
+        logits = self._forward(
             input_ids=tokens[:, None],
             attention_mask=self.mask[:, : self.filled],
             position_ids=self.positions[:, None],
             use_cache=True,
             **{self.cache_name: self.cache},
         )
-        self.cache = output_cache(out)
         self.positions += 1
-        return out.logits[:, -1]
+        return logits
 
     def select(self, index: torch.Tensor) -> None:
         self.cache.batch_select_indices(index)

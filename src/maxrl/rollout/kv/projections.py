@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 class Projections:
@@ -13,20 +14,29 @@ class Projections:
     Layer 0's input is the normed embedding of the token, so its projections are a function of
     the token alone: with a vocabulary of ``table_max_vocab`` tokens or fewer (the maze models'
     32, under the CPU settings), they are computed once per token id and looked up.
+
+    With ``dtype=torch.bfloat16`` on a float32 model the weights are cast once, here, and each
+    GEMM rounds its input to bf16 and returns bf16, as the training forward's autocast does
+    (:class:`LowPrecisionLinears` does the same for the other linear layers).
     """
 
     @torch.no_grad()
-    def __init__(self, model, table_max_vocab: int):
+    def __init__(self, model, table_max_vocab: int, dtype: torch.dtype | None = None):
         layers = model.model.layers
+
+        def cast(t: torch.Tensor) -> torch.Tensor:
+            return t if dtype is None else t.to(dtype)
+
         self.weights: list[torch.Tensor] = []
         self.biases: list[torch.Tensor | None] = []
         for layer in layers:
             projs = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
-            self.weights.append(torch.cat([p.weight for p in projs]).t().contiguous())
+            self.weights.append(cast(torch.cat([p.weight for p in projs]).t().contiguous()))
             has_bias = [p.bias is not None for p in projs]
             if any(has_bias) and not all(has_bias):
                 raise ValueError("q/k/v projections must all have biases or none")
-            self.biases.append(torch.cat([p.bias for p in projs]) if all(has_bias) else None)
+            bias = cast(torch.cat([p.bias for p in projs])) if all(has_bias) else None
+            self.biases.append(bias)
         self.table = None
         embed = model.model.embed_tokens.weight
         if embed.shape[0] <= table_max_vocab:
@@ -35,6 +45,7 @@ class Projections:
 
     def _gemm(self, i: int, x: torch.Tensor, cols: slice) -> torch.Tensor:
         w, b = self.weights[i][:, cols], self.biases[i]
+        x = x.to(w.dtype)
         return x @ w if b is None else torch.addmm(b[cols], x, w)
 
     def __call__(
@@ -45,6 +56,41 @@ class Projections:
         if i == 0 and self.table is not None:
             return self.table[tokens, cols]
         return self._gemm(i, self.norms[i](h), cols)
+
+
+class LowPrecisionLinears:
+    """bf16 copies of a float32 model's other linear layers (attention output, MLP, lm head), cast
+    once per ``generate`` call and shared by the worker streams: each product rounds its input
+    to bf16, multiplies in bf16 and returns bf16, while norms, RoPE, attention, the residual
+    stream and the logits' softmax stay in float32, the numerics of the training forward under
+    bf16 autocast (``model.precision``)."""
+
+    @torch.no_grad()
+    def __init__(self, model, dtype: torch.dtype = torch.bfloat16):
+        self.dtype = dtype
+        cast = self._cast
+        self.layers = [
+            (cast(layer.self_attn.o_proj), cast(layer.mlp.gate_proj), cast(layer.mlp.up_proj),
+             cast(layer.mlp.down_proj), layer.mlp.act_fn)
+            for layer in model.model.layers
+        ]  # fmt: skip
+        self.head = cast(model.lm_head)
+
+    def _cast(self, linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = None if linear.bias is None else linear.bias.to(self.dtype)
+        return linear.weight.to(self.dtype), bias
+
+    def finish_layer(self, i: int, layer, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """The layer after attention: ``h + o(attn)``, then the MLP's residual, as the model's
+        modules compute it but with the products in bf16."""
+        o, gate, up, down, act = self.layers[i]
+        h = h + F.linear(attn_out.to(self.dtype), *o)
+        x = layer.post_attention_layernorm(h).to(self.dtype)
+        return h + F.linear(act(F.linear(x, *gate)).mul_(F.linear(x, *up)), *down)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The lm head's float32 logits of normed states ``x``."""
+        return F.linear(x.to(self.dtype), *self.head).float()
 
 
 def one_cache_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

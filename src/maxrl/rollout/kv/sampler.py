@@ -11,7 +11,7 @@ from ..base import Rollouts, SamplingParams, check_prompts, empty_rollouts, left
 from .decoder import DecoderRunner
 from .generic import ModelForwardRunner
 from .plan import split_by_work
-from .projections import Projections
+from .projections import LowPrecisionLinears, Projections
 from .settings import KVSettings, settings_for
 
 # model_type values whose decoder layers are (norm -> q/k/v/o attention with RoPE -> norm -> MLP)
@@ -58,6 +58,12 @@ class KVCacheSampler:
             are removed from the cache; 0 disables it.
         settings: the tuning of the hot paths (:class:`KVSettings`); None = the measured
             settings of the model's device (:func:`settings_for`).
+        precision: ``float32`` samples a float32 model as it is; ``bfloat16`` runs its linear
+            layers in bf16 (weights cast once per call, inputs rounded to bf16, float32
+            accumulation), with norms, RoPE, attention, the residual stream and the softmax in
+            float32: the numerics of the training forward under ``model.precision=bfloat16``
+            (on the generic runner, the model's forward under bf16 autocast). A model already
+            in bf16 or float16 is sampled as it is either way.
 
     Samples are a deterministic function of the generator's state, ``workers``,
     ``max_batch_size``, ``compact_below`` and the settings: each stream draws from its own
@@ -71,6 +77,7 @@ class KVCacheSampler:
         fast_path: bool = True,
         compact_below: float = 0.75,
         settings: KVSettings | None = None,
+        precision: str = "float32",
     ):
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 or None; got {max_batch_size!r}")
@@ -82,7 +89,10 @@ class KVCacheSampler:
         self.workers = workers
         self.fast_path = fast_path
         self.compact_below = compact_below
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be float32 or bfloat16; got {precision!r}")
         self.settings = settings
+        self.precision = precision
 
     def generate(
         self,
@@ -122,10 +132,15 @@ class KVCacheSampler:
             (order[bounds[i] : bounds[i + 1]], torch.Generator(device).manual_seed(seeds[i]))
             for i in range(workers)
         ]
-        make_runner = ModelForwardRunner
+        low = self.precision == "bfloat16" and next(model.parameters()).dtype == torch.float32
+        make_runner = partial(ModelForwardRunner, autocast=low)
         if self.fast_path and supports_fast_path(model):
-            projections = Projections(model, settings.table_max_vocab)
-            make_runner = partial(DecoderRunner, settings=settings, projections=projections)
+            dtype = torch.bfloat16 if low else None
+            projections = Projections(model, settings.table_max_vocab, dtype)
+            linears = LowPrecisionLinears(model) if low else None
+            make_runner = partial(
+                DecoderRunner, settings=settings, projections=projections, linears=linears
+            )
 
         def run(rows: torch.Tensor, part_generator: torch.Generator, threads: int | None) -> None:
             if threads is not None:
