@@ -173,8 +173,8 @@ def test_comparison_pairs(tmp_path, tiny_init):
 
 
 def test_precision_sweep_names_its_precisions():
-    """Each variant of the precision sweep sets the forward and precision its name says, not the
-    CPU-dependent ``auto``."""
+    """Each variant of the precision sweep sets the forward and the precisions (training forward,
+    rollouts) its name says, not the CPU-dependent ``auto`` or the default."""
     from pathlib import Path
 
     from maxrl.sweep import run_config
@@ -182,14 +182,15 @@ def test_precision_sweep_names_its_precisions():
     path = Path(__file__).resolve().parents[1] / "configs" / "sweep_precision.yaml"
     cfg = load_config(SweepConfig, path)
     got = {
-        m.label: (run.model.packed, run.model.precision)
+        m.label: (run.model.packed, run.model.precision, run.rollout.precision)
         for m in cfg.methods
         for run in [run_config(cfg, m, cfg.rollouts[0], cfg.seeds[0], "<sft>")]
     }
     assert got == {
-        "hf_fp32": (False, "float32"),
-        "packed_fp32": (True, "float32"),
-        "packed_bf16": (True, "bfloat16"),
+        "hf_fp32": (False, "float32", "float32"),
+        "packed_fp32": (True, "float32", "float32"),
+        "packed_bf16": (True, "bfloat16", "float32"),
+        "packed_bf16_rollouts_bf16": (True, "bfloat16", "bfloat16"),
     }
 
 
