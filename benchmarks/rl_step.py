@@ -24,7 +24,8 @@ Settings (``--setting``):
 
 Run: ``python benchmarks/rl_step.py --setting main`` (a few minutes) and ``--setting fig3``.
 ``--precision`` sets the native trainer's ``model.precision`` (default ``auto``, as ``maxrl train``:
-bf16 matmuls on an AMX CPU or a GPU, float32 elsewhere). Both trainers run with glibc told to
+bf16 matmuls on an AMX CPU or a GPU, float32 elsewhere), ``--rollout-precision`` its
+``rollout.precision`` (default: ``maxrl train``'s). Both trainers run with glibc told to
 keep freed memory (``maxrl.seeding.keep_freed_memory``, which ``maxrl train`` does by default).
 """
 
@@ -56,6 +57,12 @@ def parse(argv):
     parser.add_argument("--steps", type=int, default=4, help="timed steps of each trainer")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each first")
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument(
+        "--rollout-precision",
+        default="",
+        choices=["", "model", "float32", "bfloat16"],
+        help="the native trainer's rollout.precision (default: maxrl train's)",
+    )
     parser.add_argument("--skip-trl", action="store_true", help="time the native trainer only")
     return parser.parse_args(argv)
 
@@ -70,6 +77,7 @@ def native_config(args, s, init: str, out: str):
         [
             f"model.init={init}",
             f"model.precision={args.precision}",
+            *([f"rollout.precision={args.rollout_precision}"] if args.rollout_precision else []),
             f"task.maze_size={s['size']}",
             "task.test_count=4",
             f"rollout.prompts_per_step={s['prompts']}",
@@ -242,6 +250,7 @@ def main(argv=None) -> None:
         workdir = Path(tmp)
         init = warm_start(args, s, workdir)
         native = NativeSteps(native_config(args, s, init, str(workdir / "native")))
+        print(f"native rollouts sampled in {getattr(native.run.sampler, 'precision', 'float32')}")
         if args.skip_trl:
             for _ in range(args.warmup + args.steps):
                 native()
