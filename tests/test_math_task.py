@@ -236,3 +236,19 @@ def test_bad_checker_settings_raise():
         AnswerChecker(answers_match, timeout_s=0)
     with pytest.raises(ValueError, match="test_size"):
         MathTask(_records()[:2], test_size=2)
+
+
+def test_a_slow_worker_start_does_not_count_against_the_first_answer(tmp_path, monkeypatch):
+    """A check whose module takes longer to import than the per-item timeout: every answer is
+    still scored, because a worker's first deadline runs from when it has started."""
+    (tmp_path / "slow_import_check.py").write_text(
+        "import time\ntime.sleep(3)\n\ndef check(gold, completion):\n    return gold == completion\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import slow_import_check
+
+    checker = AnswerChecker(slow_import_check.check, workers=2, timeout_s=1.0, chunk_size=2)
+    pairs = [("1", "1"), ("2", "3"), ("4", "4"), ("5", "5"), ("6", "7")]
+    assert checker(pairs) == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert checker.stats == {"checked": 5, "errors": 0, "timeouts": 0, "restarts": 0}
+    checker.close()

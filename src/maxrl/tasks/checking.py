@@ -19,9 +19,16 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 
+# what a worker sends once it has started and imported the check's module; the deadline of its
+# first item runs from then, not from its spawn
+_READY = "ready"
+# how long a fresh worker may take to start (interpreter, imports) before it counts as hung
+STARTUP_S = 120.0
+
 
 def _worker_loop(conn: Connection, check: Callable[[str, str], bool]) -> None:
     """Check (index, gold, completion) jobs one at a time, answering each as soon as it is done."""
+    conn.send(_READY)
     while True:
         try:
             jobs = conn.recv()
@@ -45,11 +52,12 @@ class _Worker:
         child.close()
         self.jobs: deque[tuple[int, str, str]] = deque()  # sent, not yet answered, in order
         self.deadline = float("inf")
+        self.ready = False
 
     def send(self, jobs: list[tuple[int, str, str]], timeout_s: float) -> None:
         self.jobs.extend(jobs)
         self.conn.send(jobs)
-        self.deadline = time.monotonic() + timeout_s
+        self.deadline = time.monotonic() + timeout_s + (0.0 if self.ready else STARTUP_S)
 
     def kill(self) -> None:
         self.process.kill()
@@ -74,7 +82,9 @@ class AnswerChecker:
 
     Items go to the workers in chunks (one message per chunk keeps the transport cost per item
     small); each worker answers item by item, and every answer restarts that worker's deadline
-    of ``timeout_s``. A worker that misses its deadline or dies is killed and replaced: its
+    of ``timeout_s``. A fresh worker's first deadline runs from when it reports itself started
+    (its interpreter up and the check's module imported, within ``STARTUP_S``), so that a slow
+    start under load does not score a right answer 0. A worker that misses its deadline or dies is killed and replaced: its
     current item scores 0 and its unanswered items are sent again. Counters of checks, errors,
     timeouts and restarts are kept in :attr:`stats`.
 
@@ -147,7 +157,12 @@ class AnswerChecker:
                 if worker.conn in ready:
                     try:
                         while worker.jobs and worker.conn.poll():
-                            index, score, error = worker.conn.recv()
+                            message = worker.conn.recv()
+                            if message == _READY:  # its first item's deadline starts now
+                                worker.ready = True
+                                worker.deadline = time.monotonic() + self.timeout_s
+                                continue
+                            index, score, error = message
                             worker.jobs.popleft()
                             scores[index] = score
                             if error is not None:
