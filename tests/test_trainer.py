@@ -497,14 +497,14 @@ def test_recomputes_activations_reads_the_checkpointing_flag():
         (["model.precision=float32", "rollout.precision=bfloat16"], "bfloat16"),
         (["model.precision=bfloat16", "rollout.precision=model", "rollout.backend=hf"], "float32"),
         (["model.precision=auto", "rollout.precision=model"], "auto"),
-        (["model.precision=bfloat16"], "float32"),  # the default samples in float32
+        (["model.precision=bfloat16"], "bfloat16"),  # the default: rollout.precision=model
     ],
 )
 def test_rollouts_sample_in_the_training_forwards_precision(
     tmp_path, tiny_init, overrides, expected
 ):
-    """``rollout.precision=model`` samples the RL rollouts in the precision the training forward
-    runs in; evaluation samples in float32 whatever the setting."""
+    """``rollout.precision=model`` (the default) samples the RL rollouts in the precision the
+    training forward runs in; evaluation samples in float32 whatever the setting."""
     from maxrl.train.logprobs import bf16_is_fast
     from maxrl.train.setup import setup
 

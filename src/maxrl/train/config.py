@@ -66,7 +66,7 @@ class RolloutConfig:
         "model.precision, so the sampled log-probabilities are those the update computes) | "
         "float32 | bfloat16 (linear layers in bf16, the rest float32); evaluation always "
         "samples in float32",
-        "float32",
+        "model",
     )
 
 
