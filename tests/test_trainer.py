@@ -496,6 +496,8 @@ def test_recomputes_activations_reads_the_checkpointing_flag():
         (["model.precision=bfloat16", "rollout.precision=float32"], "float32"),
         (["model.precision=float32", "rollout.precision=bfloat16"], "bfloat16"),
         (["model.precision=bfloat16", "rollout.precision=model", "rollout.backend=hf"], "float32"),
+        # the model's own forward under autocast runs attention in bf16: not the sampler's numerics
+        (["model.precision=bfloat16", "model.packed=false"], "float32"),
         (["model.precision=auto", "rollout.precision=model"], "auto"),
         (["model.precision=bfloat16"], "bfloat16"),  # the default: rollout.precision=model
     ],
@@ -513,3 +515,25 @@ def test_rollouts_sample_in_the_training_forwards_precision(
     run = setup(tiny_cfg(tmp_path, tiny_init, *overrides))
     assert getattr(run.sampler, "precision", "float32") == expected
     assert getattr(run.eval_sampler, "precision", "float32") == "float32"
+    # one sampler (one vLLM engine) where both sample in float32
+    assert (run.eval_sampler is run.sampler) == (expected == "float32")
+
+
+def test_a_folder_from_before_rollout_precision_resumes_with_float32_rollouts(tmp_path, tiny_init):
+    """A run folder whose config predates ``rollout.precision`` sampled in float32: resuming it
+    with the default goes on in float32; asking for bf16 there is refused as a changed config."""
+    from omegaconf import OmegaConf
+
+    from maxrl.config import ConfigError, save_config
+    from maxrl.train.setup import check_resume
+
+    save_config(tiny_cfg(tmp_path, tiny_init), tmp_path / "config.yaml")
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    del saved.rollout["precision"]
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    cfg = tiny_cfg(tmp_path, tiny_init)
+    assert cfg.rollout.precision == "model"
+    check_resume(cfg, tmp_path, step=2)
+    assert cfg.rollout.precision == "float32"
+    with pytest.raises(ConfigError, match="rollout.precision: 'float32' -> 'bfloat16'"):
+        check_resume(tiny_cfg(tmp_path, tiny_init, "rollout.precision=bfloat16"), tmp_path, 2)

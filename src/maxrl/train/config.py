@@ -62,10 +62,10 @@ class RolloutConfig:
     )
     max_batch_size: int = _h("most sequences sampled at once (memory bound)", 4096)
     precision: str = _h(
-        "matmul precision of the RL rollouts (kv sampler): model (that of the training forward, "
-        "model.precision, so the sampled log-probabilities are those the update computes) | "
-        "float32 | bfloat16 (linear layers in bf16, the rest float32); evaluation always "
-        "samples in float32",
+        "matmul precision of the RL rollouts (kv sampler): model (bf16 where the update is the "
+        "packed forward in bf16, model.precision, so the sampled log-probabilities are those the "
+        "update computes; float32 otherwise) | float32 | bfloat16 (linear layers in bf16, the "
+        "rest float32); evaluation always samples in float32",
         "model",
     )
 

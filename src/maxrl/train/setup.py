@@ -171,10 +171,13 @@ def setup(cfg: TrainConfig, task: Task | None = None) -> Run:
         resume_step=start if resume else -1,
     )
     roll = cfg.rollout
-    sampler = make_rollout_sampler(
-        roll.backend, roll.max_batch_size, init_path, rollout_precision(cfg, model)
-    )
-    eval_sampler = make_rollout_sampler(roll.backend, roll.max_batch_size, init_path)
+    precision = rollout_precision(cfg, model)
+    sampler = make_rollout_sampler(roll.backend, roll.max_batch_size, init_path, precision)
+    # evaluation samples in float32: its own kv sampler only where the rollouts' is bf16 (one
+    # vLLM engine, not two)
+    eval_sampler = sampler
+    if precision != "float32":
+        eval_sampler = make_rollout_sampler(roll.backend, roll.max_batch_size, init_path)
     sampling = SamplingParams(
         roll.max_new_tokens,
         roll.temperature,
@@ -210,13 +213,22 @@ def setup(cfg: TrainConfig, task: Task | None = None) -> Run:
 
 def rollout_precision(cfg: TrainConfig, model) -> str:
     """The kv sampler's precision for the RL rollouts: ``rollout.precision``, where ``model``
-    means bfloat16 exactly when the training forward autocasts to it (``model.precision``)."""
+    means bfloat16 exactly when the update is the packed forward autocast to bf16
+    (``model.precision``), whose numerics the kv sampler's bf16 mode reproduces; the model's
+    own forward under autocast also runs its attention in bf16, so there it means float32."""
+    from maxrl.train.packed import supports_packed
+
     precision = cfg.rollout.precision
     if precision == "model":
-        if cfg.rollout.backend != "kv":
+        packed = cfg.model.packed and supports_packed(model)
+        if cfg.rollout.backend != "kv" or not packed:
             return "float32"
         return "bfloat16" if autocasts_to_bf16(model, cfg.model.precision) else "float32"
     return precision
+
+
+# keys added to the config after runs were started without them, and the value those runs used
+LATER_KEYS = {"rollout.precision": "float32"}
 
 
 def check_resume(cfg: TrainConfig, out_dir: Path, step: int) -> None:
@@ -229,9 +241,12 @@ def check_resume(cfg: TrainConfig, out_dir: Path, step: int) -> None:
             f"has done; give run.steps >= {step} or another run.out_dir"
         )
     saved_path = out_dir / "config.yaml"
-    if cfg.run.allow_config_change or not saved_path.exists():
+    if not saved_path.exists():
         return
     saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+    _continue_as_started(saved, cfg)
+    if cfg.run.allow_config_change:
+        return
     changes = changed_keys(saved, to_dict(cfg), allowed=RESUMABLE_KEYS)
     if changes:
         listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
@@ -239,6 +254,20 @@ def check_resume(cfg: TrainConfig, out_dir: Path, step: int) -> None:
             f"{out_dir} holds a run started with another config ({listed}); resume it with "
             f"its own values, give another run.out_dir, or pass run.allow_config_change=true"
         )
+
+
+def _continue_as_started(saved: dict, cfg: TrainConfig) -> None:
+    """A run folder saved before a key of ``LATER_KEYS`` existed ran with that key's old value:
+    fill it into ``saved``, and into ``cfg`` where ``cfg`` holds the key's default, so that the
+    resumed run goes on as it started (a value given on purpose is still compared)."""
+    defaults = to_dict(TrainConfig())
+    for key, old in LATER_KEYS.items():
+        section, name = key.split(".")
+        if name in saved.get(section, {}):
+            continue
+        saved.setdefault(section, {})[name] = old
+        if getattr(getattr(cfg, section), name) == defaults[section][name]:
+            setattr(getattr(cfg, section), name, old)
 
 
 def initial_policy(cfg: TrainConfig, out_dir: Path) -> str:
