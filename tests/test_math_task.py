@@ -252,3 +252,20 @@ def test_a_slow_worker_start_does_not_count_against_the_first_answer(tmp_path, m
     assert checker(pairs) == [1.0, 0.0, 1.0, 1.0, 0.0]
     assert checker.stats == {"checked": 5, "errors": 0, "timeouts": 0, "restarts": 0}
     checker.close()
+
+
+def test_a_slow_first_check_does_not_count_against_the_first_answer(tmp_path, monkeypatch):
+    """A check that imports what it needs on its first call (as math-verify's does), slower than
+    the per-item timeout: the worker's warm-up takes that cost before it reports started."""
+    (tmp_path / "lazy_check.py").write_text(
+        "import time\n_loaded = False\n\ndef check(gold, completion):\n    global _loaded\n"
+        "    if not _loaded:\n        time.sleep(3)\n        _loaded = True\n"
+        "    return gold == completion\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lazy_check
+
+    checker = AnswerChecker(lazy_check.check, workers=1, timeout_s=1.0, chunk_size=4)
+    assert checker([("1", "1"), ("2", "3"), ("4", "4")]) == [1.0, 0.0, 1.0]
+    assert checker.stats["timeouts"] == 0
+    checker.close()

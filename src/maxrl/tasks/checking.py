@@ -19,15 +19,22 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 
-# what a worker sends once it has started and imported the check's module; the deadline of its
-# first item runs from then, not from its spawn
+# what a worker sends once it has started, imported the check's module and run the check once;
+# the deadline of its first item runs from then, not from its spawn
 _READY = "ready"
 # how long a fresh worker may take to start (interpreter, imports) before it counts as hung
 STARTUP_S = 120.0
 
 
 def _worker_loop(conn: Connection, check: Callable[[str, str], bool]) -> None:
-    """Check (index, gold, completion) jobs one at a time, answering each as soon as it is done."""
+    """Check (index, gold, completion) jobs one at a time, answering each as soon as it is done.
+
+    One check of a trivial pair runs first (its result and any error ignored), so that imports
+    the check makes on its first call (math-verify's) count as start-up too."""
+    try:
+        check("1", "1")
+    except Exception:  # the warm-up only loads what the check needs
+        pass
     conn.send(_READY)
     while True:
         try:
