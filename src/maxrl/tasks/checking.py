@@ -90,9 +90,9 @@ class AnswerChecker:
     Items go to the workers in chunks (one message per chunk keeps the transport cost per item
     small); each worker answers item by item, and every answer restarts that worker's deadline
     of ``timeout_s``. A fresh worker's first deadline runs from when it reports itself started
-    (its interpreter up and the check's module imported, within ``STARTUP_S``), so that a slow
-    start under load does not score a right answer 0. A worker that misses its deadline or dies is killed and replaced: its
-    current item scores 0 and its unanswered items are sent again. Counters of checks, errors,
+    (its interpreter up, the check's module imported and the check run once, within
+    ``STARTUP_S``), so that a slow start under load does not score a right answer 0. A worker
+    that misses its deadline or dies is killed and replaced: its current item scores 0 and its unanswered items are sent again. Counters of checks, errors,
     timeouts and restarts are kept in :attr:`stats`.
 
     Args:

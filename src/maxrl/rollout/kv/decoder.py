@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .plan import PrefixPlan
-from .projections import LowPrecisionLinears, Projections, one_cache_output, one_cache_scores
+from .projections import Linears, Projections, one_cache_output, one_cache_scores
 from .settings import KVSettings
 
 
@@ -38,14 +38,13 @@ class DecoderRunner:
         max_new_tokens: int,
         settings: KVSettings,
         projections: Projections | None = None,
-        linears: LowPrecisionLinears | None = None,
+        linears: Linears | None = None,
     ):
         inner = model.model
         self.embed = inner.embed_tokens
         self.layers = list(inner.layers)
         self.norm = inner.norm
         self.rotary = inner.rotary_emb
-        self.lm_head = model.lm_head
         attn = self.layers[0].self_attn
         self.apply_rope = inspect.getmodule(type(attn)).apply_rotary_pos_emb
         self.head_dim = attn.head_dim
@@ -59,28 +58,14 @@ class DecoderRunner:
         self.kv_width = self.n_kv * self.head_dim
         self.settings = settings
         self.projections = projections or Projections(model, settings.table_max_vocab)
-        # bf16 products on a float32 model (``KVCacheSampler(precision="bfloat16")``); the
-        # q/k/v projections are then bf16 too (``projections`` built with that dtype)
-        self.linears = linears
+        # the layers after attention; bf16 copies on a float32 model under
+        # ``KVCacheSampler(precision="bfloat16")``, with ``projections`` in bf16 too
+        self.linears = linears or Linears(model)
         # On CPU, fp32 decode attention beats bf16 (bf16 batched GEMMs copy strided operands),
         # so a bf16 model's keys and values are cached as exact fp32 upcasts
         self.on_cpu = self.device.type == "cpu"
         self.cache_dtype = torch.float32 if self.on_cpu else self.dtype
         self.by_rows = settings.value_sums_by_rows
-
-    def _finish_layer(self, i, layer, h, attn_out):
-        if self.linears is not None:
-            return self.linears.finish_layer(i, layer, h, attn_out)
-        h = h + layer.self_attn.o_proj(attn_out)
-        mlp = layer.mlp
-        x = layer.post_attention_layernorm(h)
-        # down(act(gate(x)) * up(x)), the product taken in place
-        return h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)).mul_(mlp.up_proj(x)))
-
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        if self.linears is not None:
-            return self.linears.logits(self.norm(h))
-        return self.lm_head(self.norm(h))
 
     def _buffers(self, batch: int, total: int) -> tuple[list, list]:
         k_shape = (batch, self.n_kv, total, self.head_dim)
@@ -285,8 +270,8 @@ class DecoderRunner:
                 scores = scores.mul_(self.scaling).add_(bias)  # (nb, kv, group, q, width)
                 out = torch.matmul(scores.softmax(-1), values[:, :, None])
                 out = out.permute(0, 3, 1, 2, 4)[slot].reshape(1, n, -1).to(self.dtype)
-            h = self._finish_layer(i, layer, h, out)
-        return self._logits(h[0])
+            h = self.linears.finish_layer(i, layer, h, out)
+        return self.linears.logits(self.norm(h[0]))
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row; return the next logits (b, vocab)."""
@@ -308,10 +293,10 @@ class DecoderRunner:
             self.values[i][:, :, col] = qkv[:, nq + nk :].view(batch, self.n_kv, self.head_dim)
             q = q.reshape(batch, self.n_kv, group, self.head_dim).to(self.cache_dtype)
             out = attend(i, q).reshape(batch, -1).to(self.dtype)
-            h = self._finish_layer(i, layer, h, out)
+            h = self.linears.finish_layer(i, layer, h, out)
         self.filled += 1
         self.positions += 1
-        return self._logits(h)
+        return self.linears.logits(self.norm(h))
 
     def _value_bags(self, batch: int, filled: int) -> torch.Tensor:
         """(batch * kv_heads * group, filled) indices into a value cache viewed as rows of

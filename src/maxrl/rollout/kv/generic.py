@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from maxrl.models.loading import cache_argument, output_cache
@@ -20,17 +18,18 @@ class ModelForwardRunner:
         self.model = model
         self.max_new_tokens = max_new_tokens
         self.cache_name = cache_argument(model)  # looked up once, not at every decode step
-        self.autocast = autocast  # run the forward under bf16 autocast, return float32 logits
+        # the device to run the forward under bf16 autocast on (returning float32 logits); None:
+        # the model as it is. Looked up once, not at every decode step
+        self.autocast = next(model.parameters()).device.type if autocast else None
 
     def _forward(self, **kwargs) -> torch.Tensor:
-        device = next(self.model.parameters()).device.type
-        context = (
-            torch.autocast(device, torch.bfloat16) if self.autocast else contextlib.nullcontext()
-        )
-        with context:
+        if self.autocast is None:
             out = self.model(**kwargs)
+        else:
+            with torch.autocast(self.autocast, torch.bfloat16):
+                out = self.model(**kwargs)
         self.cache = output_cache(out)
-        return out.logits[:, -1].float() if self.autocast else out.logits[:, -1]
+        return out.logits[:, -1] if self.autocast is None else out.logits[:, -1].float()
 
     def prefill(
         self, ids: torch.Tensor, prompt_lengths: torch.Tensor, rows_of: torch.Tensor | None = None

@@ -17,7 +17,7 @@ class Projections:
 
     With ``dtype=torch.bfloat16`` on a float32 model the weights are cast once, here, and each
     GEMM rounds its input to bf16 and returns bf16, as the training forward's autocast does
-    (:class:`LowPrecisionLinears` does the same for the other linear layers).
+    (:class:`Linears` does the same for the other linear layers).
     """
 
     @torch.no_grad()
@@ -58,15 +58,18 @@ class Projections:
         return self._gemm(i, self.norms[i](h), cols)
 
 
-class LowPrecisionLinears:
-    """bf16 copies of a float32 model's other linear layers (attention output, MLP, lm head), cast
-    once per ``generate`` call and shared by the worker streams: each product rounds its input
-    to bf16, multiplies in bf16 and returns bf16, while norms, RoPE, attention, the residual
-    stream and the logits' softmax stay in float32, the numerics of the training forward under
-    bf16 autocast (``model.precision``)."""
+class Linears:
+    """Every layer's attention output and MLP projections and the lm head, as the fast runner
+    applies them after attention. With ``dtype=None`` they are the model's own weights, and the
+    products are its modules' (``F.linear`` is ``nn.Linear.forward``). With
+    ``dtype=torch.bfloat16`` on a float32 model they are bf16 copies cast once per ``generate``
+    call and shared by the worker streams: each product rounds its input to bf16, multiplies in
+    bf16 and returns bf16, while norms, RoPE, attention, the residual stream and the logits'
+    softmax stay in float32, the numerics of the training forward under bf16 autocast
+    (``model.precision``)."""
 
     @torch.no_grad()
-    def __init__(self, model, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, model, dtype: torch.dtype | None = None):
         self.dtype = dtype
         cast = self._cast
         self.layers = [
@@ -76,21 +79,26 @@ class LowPrecisionLinears:
         ]  # fmt: skip
         self.head = cast(model.lm_head)
 
+    def _to(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.dtype is None else t.to(self.dtype)
+
     def _cast(self, linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-        bias = None if linear.bias is None else linear.bias.to(self.dtype)
-        return linear.weight.to(self.dtype), bias
+        bias = None if linear.bias is None else self._to(linear.bias)
+        return self._to(linear.weight), bias
 
     def finish_layer(self, i: int, layer, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        """The layer after attention: ``h + o(attn)``, then the MLP's residual, as the model's
-        modules compute it but with the products in bf16."""
+        """The layer after attention: ``h + o(attn)``, then ``h + down(act(gate(x)) * up(x))``
+        with ``x`` the post-attention norm of ``h``, the product taken in place."""
         o, gate, up, down, act = self.layers[i]
-        h = h + F.linear(attn_out.to(self.dtype), *o)
-        x = layer.post_attention_layernorm(h).to(self.dtype)
+        h = h + F.linear(self._to(attn_out), *o)
+        x = self._to(layer.post_attention_layernorm(h))
         return h + F.linear(act(F.linear(x, *gate)).mul_(F.linear(x, *up)), *down)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The lm head's float32 logits of normed states ``x``."""
-        return F.linear(x.to(self.dtype), *self.head).float()
+        """The lm head's logits of normed states ``x`` (float32 where the product ran in a
+        lower precision)."""
+        out = F.linear(self._to(x), *self.head)
+        return out if self.dtype is None else out.float()
 
 
 def one_cache_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

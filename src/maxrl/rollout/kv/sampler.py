@@ -11,7 +11,7 @@ from ..base import Rollouts, SamplingParams, check_prompts, empty_rollouts, left
 from .decoder import DecoderRunner
 from .generic import ModelForwardRunner
 from .plan import split_by_work
-from .projections import LowPrecisionLinears, Projections
+from .projections import Linears, Projections
 from .settings import KVSettings, settings_for
 
 # model_type values whose decoder layers are (norm -> q/k/v/o attention with RoPE -> norm -> MLP)
@@ -137,7 +137,7 @@ class KVCacheSampler:
         if self.fast_path and supports_fast_path(model):
             dtype = torch.bfloat16 if low else None
             projections = Projections(model, settings.table_max_vocab, dtype)
-            linears = LowPrecisionLinears(model) if low else None
+            linears = Linears(model, dtype)
             make_runner = partial(
                 DecoderRunner, settings=settings, projections=projections, linears=linears
             )
