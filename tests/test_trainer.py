@@ -278,6 +278,7 @@ def test_nan_loss_is_skipped_then_stops_with_the_checkpoint_intact(
         ("algo.lossagg=token_mean", "unknown config key 'algo.lossagg'"),
         ("algo.loss_agg=mean", "loss_agg must be one of"),
         ("rollout.rollouts_per_prompt=1", "at least 2 rollouts"),
+        ("sft.eval_every=-1", r"sft.eval_every must be >= 0 \(0: every eval.every steps\); got -1"),
     ],
 )
 def test_bad_config_raises_clearly(tmp_path, tiny_init, override, match):
@@ -315,6 +316,7 @@ def test_cli_smoke_with_sft_warm_start(tmp_path):
             "model.preset=tiny",
             "sft.steps=6",
             "sft.batch_size=4",
+            "sft.eval_every=4",
             "run.steps=2",
             "task.maze_size=7",
             "task.test_count=4",
@@ -340,6 +342,9 @@ def test_cli_smoke_with_sft_warm_start(tmp_path):
     records = read_metrics(out / "metrics.jsonl")
     evals = [r for r in records if "eval/pass@1" in r]
     assert [r["step"] for r in evals] == [0, 1, 2]
+    # SFT on its own cadence: before the first step, every sft.eval_every, after the last
+    sft_evals = [r["step"] for r in read_metrics(out / "sft/metrics.jsonl") if "eval/pass@1" in r]
+    assert sft_evals == [0, 4, 6]
     for r in evals:
         values = [r[f"eval/pass@{k}"] for k in (1, 2, 4)]
         assert all(0 <= v <= 1 for v in values) and values == sorted(values)

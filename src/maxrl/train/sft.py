@@ -83,6 +83,7 @@ def run_sft(cfg: TrainConfig, out_dir: Path) -> Path:
         initial=start,
         total=s.steps,
     )
+    every = s.eval_every or cfg.eval.every
     for step in bar:
         items = task.train_items(s.batch_size, seed=step_seed(cfg.run.seed, step, "sft"))
         prompts, answers, lengths = sft_batch(tokenizer, items)
@@ -103,7 +104,7 @@ def run_sft(cfg: TrainConfig, out_dir: Path) -> Path:
             "sft/lr": scheduler.get_last_lr()[0],
             "time/step_s": timer.lap(),
         }
-        if step % cfg.eval.every == 0 or step == s.steps:
+        if step % every == 0 or step == s.steps:
             record.update(run_eval(step))
             bar.set_postfix(loss=f"{record['sft/loss']:.3f}", pass1=f"{record['eval/pass@1']:.3f}")
         logger.log(step, record)
