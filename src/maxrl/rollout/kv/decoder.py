@@ -21,6 +21,14 @@ from .plan import PrefixPlan
 from .projections import Linears, Projections, one_cache_output, one_cache_scores
 from .settings import KVSettings
 
+# The shared-prompt decode attention reads all prompts' caches in one batched GEMM over a
+# (prompts, most rows of one prompt) grid while the grid has at most GRID_WASTE places per live
+# row and no prompt more than ``KVSettings.prompt_grid_max_rows`` rows; otherwise one GEMM per
+# prompt. On an AMD EPYC (bf16 rollouts of SFT maze models, stop token on, alternating in one
+# process): 1.17-1.23x faster rollouts at 16 prompts x 16 rows, 1.15x at 8 x 32, 1.04x at 4 x 64,
+# 1.10x at 64 x 4, 0.96-0.99x at 16 x 128 (a GEMM per prompt is large there)
+GRID_WASTE = 1.5
+
 
 class DecoderRunner:
     """Qwen2/Llama decoder stack over preallocated K/V buffers, using the model's own modules.
@@ -153,10 +161,27 @@ class DecoderRunner:
         return logits[inverse]
 
     def _set_members(self) -> None:
-        """Row indices of each shared prompt (empty groups dropped)."""
+        """Where each row sits in a (shared prompts, most rows of one prompt) grid, so that one
+        batched GEMM reads every prompt's cache for all its rows: ``member_slots`` (prompts,
+        most) holds the row at each place (row 0 where a prompt has fewer rows, a place whose
+        result is not read), ``member_pos`` each row's flat place."""
+        count = self.prompt_keys[0].shape[0]
+        counts = torch.bincount(self.group, minlength=count)
+        most = max(int(counts.max()), 1)
         order = torch.argsort(self.group, stable=True)
-        counts = torch.bincount(self.group).tolist()
-        self.members = [(u, rows) for u, rows in enumerate(torch.split(order, counts)) if len(rows)]
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order), device=order.device) - starts[self.group[order]]
+        self.member_pos = self.group * most + rank
+        slots = torch.zeros(count * most, dtype=torch.long, device=order.device)
+        slots[self.member_pos] = torch.arange(len(order), device=order.device)
+        self.member_slots = slots.view(count, most)
+        # once the prompts' rows are uneven (some finished), the grid's empty places cost more
+        # than a GEMM per prompt saves: then one GEMM per prompt, over its own rows
+        self.members = None
+        if count * most > GRID_WASTE * len(order) or most > self.settings.prompt_grid_max_rows:
+            split = torch.split(order, counts.tolist())
+            self.members = [(u, rows) for u, rows in enumerate(split) if len(rows)]
 
     def _prefill_pass(
         self, part, width: int, target_k: list, target_v: list, row_of: torch.Tensor
@@ -352,17 +377,34 @@ class DecoderRunner:
         prompt_k, prompt_v = self.prompt_keys[i], self.prompt_values[i]
         width = prompt_k.shape[2]
         own = torch.matmul(q, self.keys[i][:, :, :end].transpose(-1, -2))
-        prompt = torch.empty((batch, n_kv, group, width), dtype=q.dtype, device=q.device)
-        for u, rows in self.members:  # all queries of one prompt's rows against its keys
-            prompt.index_copy_(0, rows, one_cache_scores(q[rows], prompt_k[u]))
+        # all queries of one prompt's rows against its keys: every prompt in one batched GEMM
+        # over the grid of rows, or one GEMM per prompt
+        if self.members is None:
+            prompt = self._by_prompt(q, prompt_k.mT)
+        else:
+            prompt = torch.empty((batch, n_kv, group, width), dtype=q.dtype, device=q.device)
+            for u, rows in self.members:
+                prompt.index_copy_(0, rows, one_cache_scores(q[rows], prompt_k[u]))
         scores = torch.cat([prompt, own], dim=-1).mul_(self.scaling)
         if self.padded:
             scores[..., :width] += self.row_bias
         weights = scores.softmax(dim=-1)
         out = torch.matmul(weights[..., width:], self.values[i][:, :, :end])
+        if self.members is None:
+            return out.add_(self._by_prompt(weights[..., :width], prompt_v))
         for u, rows in self.members:
             out.index_add_(0, rows, one_cache_output(weights[rows, ..., :width], prompt_v[u]))
         return out
+
+    def _by_prompt(self, x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+        """``x`` (rows, kv_heads, group, a) times each row's prompt ``cache`` (prompts, kv_heads,
+        a, b): one GEMM per (prompt, kv head) over all that prompt's rows. (rows, kv, group, b)."""
+        rows, n_kv, group, _ = x.shape
+        count, most = self.member_slots.shape
+        grid = x[self.member_slots.view(-1)].view(count, most, n_kv, group, -1)
+        grid = grid.transpose(1, 2).reshape(count, n_kv, most * group, -1)
+        out = torch.matmul(grid, cache).view(count, n_kv, most, group, -1).transpose(1, 2)
+        return out.reshape(count * most, n_kv, group, -1)[self.member_pos]
 
     def select(self, index: torch.Tensor) -> None:
         """Keep only the rows in ``index``."""
