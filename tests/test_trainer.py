@@ -542,3 +542,39 @@ def test_a_folder_from_before_rollout_precision_resumes_with_float32_rollouts(tm
     assert cfg.rollout.precision == "float32"
     with pytest.raises(ConfigError, match="rollout.precision: 'float32' -> 'bfloat16'"):
         check_resume(tiny_cfg(tmp_path, tiny_init, "rollout.precision=bfloat16"), tmp_path, 2)
+
+
+@pytest.mark.parametrize("overrides, expected", [([], 2), (["rollout.workers=1"], 1)])
+def test_rollouts_and_evaluation_decode_with_rollout_workers_streams(
+    tmp_path, tiny_init, overrides, expected
+):
+    """``rollout.workers`` (2 by default) decode streams for the RL rollouts and evaluation of a
+    CPU model, whatever ``run.threads`` gives the training forward."""
+    from maxrl.train.setup import setup
+
+    run = setup(tiny_cfg(tmp_path, tiny_init, "model.precision=bfloat16", *overrides))
+    assert run.sampler is not run.eval_sampler
+    assert run.sampler.workers == run.eval_sampler.workers == expected
+    with pytest.raises(ValueError, match="rollout.workers must be >= 1; got 0"):
+        tiny_cfg(tmp_path, tiny_init, "rollout.workers=0")
+
+
+def test_a_folder_from_before_rollout_workers_resumes_with_one_stream(tmp_path, tiny_init):
+    """A run folder whose config predates ``rollout.workers`` sampled with one decode stream:
+    resuming it with the default goes on with one (a value equal to the default counts as the
+    default); asking for three there is refused."""
+    from omegaconf import OmegaConf
+
+    from maxrl.config import ConfigError, save_config
+    from maxrl.train.setup import check_resume
+
+    save_config(tiny_cfg(tmp_path, tiny_init), tmp_path / "config.yaml")
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    del saved.rollout["workers"]
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    cfg = tiny_cfg(tmp_path, tiny_init)
+    assert cfg.rollout.workers == 2
+    check_resume(cfg, tmp_path, step=2)
+    assert cfg.rollout.workers == 1
+    with pytest.raises(ConfigError, match="rollout.workers: 1 -> 3"):
+        check_resume(tiny_cfg(tmp_path, tiny_init, "rollout.workers=3"), tmp_path, 2)

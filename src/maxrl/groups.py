@@ -87,15 +87,28 @@ def encode_prompts(tokenizer, items: Sequence[Item]) -> list[list[int]]:
 
 
 def make_rollout_sampler(
-    backend: str, max_batch_size: int | None = None, model_path: str = "", precision="float32"
+    backend: str,
+    max_batch_size: int | None = None,
+    model_path: str = "",
+    precision="float32",
+    workers: int | None = None,
 ):
-    """The sampler of ``rollout.backend`` (``kv``, ``hf`` or ``vllm``); ``precision`` is the kv
-    sampler's (``KVCacheSampler(precision=...)``)."""
+    """The sampler of ``rollout.backend`` (``kv``, ``hf`` or ``vllm``); ``precision`` and
+    ``workers`` are the kv sampler's (``KVCacheSampler(precision=..., workers=...)``)."""
     if backend == "vllm":
         return make_sampler("vllm", model=model_path)
     if backend == "kv":
-        return make_sampler("kv", max_batch_size=max_batch_size, precision=precision)
+        return make_sampler(
+            "kv", max_batch_size=max_batch_size, precision=precision, workers=workers
+        )
     return make_sampler(backend)
+
+
+def rollout_workers(cfg_rollout, model) -> int | None:
+    """``rollout.workers`` for a model on CPU; None (the sampler's own choice, one stream)
+    on other devices."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return cfg_rollout.workers if on_cpu else None
 
 
 @torch.no_grad()

@@ -61,6 +61,13 @@ class RolloutConfig:
         "a rollout cut at max_new_tokens scores 0 (the paper does this for GSM8K)", False
     )
     max_batch_size: int = _h("most sequences sampled at once (memory bound)", 4096)
+    workers: int = _h(
+        "decode streams of the kv sampler on a CPU model (RL rollouts and evaluation), each a "
+        "thread with one intra-op thread; the samples depend on it, not on the machine. On 2 "
+        "cores, 2 streams sampled the main job's rollouts 1.37x and its evaluations 2.4x faster "
+        "than 1; the training forward and backward stay on run.threads",
+        2,
+    )
     precision: str = _h(
         "matmul precision of the RL rollouts (kv sampler): model (bf16 where the update is the "
         "packed forward in bf16, model.precision, so the sampled log-probabilities are those the "
@@ -225,6 +232,7 @@ class TrainConfig:
             ("eval.every", self.eval.every),
             ("run.micro_batch_size", self.run.micro_batch_size),
             ("run.checkpoint_every", self.run.checkpoint_every),
+            ("rollout.workers", self.rollout.workers),
         ]:
             if value < 1:
                 raise ValueError(f"{key} must be >= 1; got {value}")

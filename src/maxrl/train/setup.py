@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from maxrl import advantages
 from maxrl.config import ConfigError, changed_keys, save_config, to_dict
 from maxrl.eval.evaluate import evaluator
-from maxrl.groups import make_rollout_sampler
+from maxrl.groups import make_rollout_sampler, rollout_workers
 from maxrl.metrics import MetricsLogger
 from maxrl.models.loading import load_policy, quiet_transformers, stop_ids
 from maxrl.rollout import SamplingParams
@@ -172,12 +172,15 @@ def setup(cfg: TrainConfig, task: Task | None = None) -> Run:
     )
     roll = cfg.rollout
     precision = rollout_precision(cfg, model)
-    sampler = make_rollout_sampler(roll.backend, roll.max_batch_size, init_path, precision)
+    workers = rollout_workers(roll, model)
+    sampler = make_rollout_sampler(roll.backend, roll.max_batch_size, init_path, precision, workers)
     # evaluation samples in float32: its own kv sampler only where the rollouts' is bf16 (one
     # vLLM engine, not two)
     eval_sampler = sampler
     if precision != "float32":
-        eval_sampler = make_rollout_sampler(roll.backend, roll.max_batch_size, init_path)
+        eval_sampler = make_rollout_sampler(
+            roll.backend, roll.max_batch_size, init_path, workers=workers
+        )
     sampling = SamplingParams(
         roll.max_new_tokens,
         roll.temperature,
@@ -228,7 +231,7 @@ def rollout_precision(cfg: TrainConfig, model) -> str:
 
 
 # keys added to the config after runs were started without them, and the value those runs used
-LATER_KEYS = {"rollout.precision": "float32"}
+LATER_KEYS = {"rollout.precision": "float32", "rollout.workers": 1}
 
 
 def check_resume(cfg: TrainConfig, out_dir: Path, step: int) -> None:

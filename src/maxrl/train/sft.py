@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from maxrl.config import parse_cli, save_config
 from maxrl.eval.evaluate import evaluator
-from maxrl.groups import encode_prompts, make_rollout_sampler
+from maxrl.groups import encode_prompts, make_rollout_sampler, rollout_workers
 from maxrl.metrics import MetricsLogger, Timer, read_metrics
 from maxrl.models.loading import build_policy, load_policy, quiet_transformers
 from maxrl.seeding import process_settings, step_seed
@@ -68,7 +68,11 @@ def run_sft(cfg: TrainConfig, out_dir: Path) -> Path:
     if resume is not None:
         start = load_trainer_state(resume, optimizer, scheduler)["step"]
     logger = MetricsLogger(out_dir, cfg.run.tensorboard, "", resume_step=start if resume else -1)
-    sampler = make_rollout_sampler(cfg.rollout.backend, cfg.rollout.max_batch_size)
+    sampler = make_rollout_sampler(
+        cfg.rollout.backend,
+        cfg.rollout.max_batch_size,
+        workers=rollout_workers(cfg.rollout, model),
+    )
 
     run_eval = evaluator(cfg, model, tokenizer, task, sampler)
 
