@@ -121,6 +121,7 @@ def warm_start(args, s, workdir: Path) -> str:
             "task.test_count=16",
             f"sft.steps={args.sft_steps}",
             "eval.every=100000",
+            "sft.eval_every=100000",
             "eval.prompts=16",
             "eval.samples=4",
             f"rollout.max_new_tokens={s['new_tokens']}",
