@@ -92,8 +92,9 @@ class AnswerChecker:
     of ``timeout_s``. A fresh worker's first deadline runs from when it reports itself started
     (its interpreter up, the check's module imported and the check run once, within
     ``STARTUP_S``), so that a slow start under load does not score a right answer 0. A worker
-    that misses its deadline or dies is killed and replaced: its current item scores 0 and its unanswered items are sent again. Counters of checks, errors,
-    timeouts and restarts are kept in :attr:`stats`.
+    that misses its deadline or dies is killed and replaced: its current item scores 0 and its
+    unanswered items are sent again. Counters of checks, errors, timeouts and restarts are kept
+    in :attr:`stats`.
 
     Args:
         check: ``check(gold, completion) -> bool``, a module-level function (it is pickled to

@@ -65,7 +65,8 @@ class RolloutConfig:
         "decode streams of the kv sampler on a CPU model (RL rollouts and evaluation), each a "
         "thread with one intra-op thread; the samples depend on it, not on the machine. On 2 "
         "cores, 2 streams sampled the main job's rollouts 1.37x and its evaluations 1.8-2.4x "
-        "faster than 1 (benchmarks/rollout_workers.py); the training forward and backward stay on run.threads",
+        "faster than 1 (benchmarks/rollout_workers.py); the training forward and backward "
+        "stay on run.threads",
         2,
     )
     precision: str = _h(
@@ -238,7 +239,8 @@ class TrainConfig:
                 raise ValueError(f"{key} must be >= 1; got {value}")
         if self.sft.eval_every < 0:
             raise ValueError(
-                f"sft.eval_every must be >= 0 (0: every eval.every steps); got {self.sft.eval_every}"
+                "sft.eval_every must be >= 0 (0: every eval.every steps); got "
+                f"{self.sft.eval_every}"
             )
         if self.rollout.prompts_per_step % self.algo.minibatches:
             raise ValueError(

@@ -161,27 +161,31 @@ class DecoderRunner:
         return logits[inverse]
 
     def _set_members(self) -> None:
-        """Where each row sits in a (shared prompts, most rows of one prompt) grid, so that one
-        batched GEMM reads every prompt's cache for all its rows: ``member_slots`` (prompts,
-        most) holds the row at each place (row 0 where a prompt has fewer rows, a place whose
-        result is not read), ``member_pos`` each row's flat place."""
+        """How decode attention reads the shared prompts' caches for the rows now in the batch.
+
+        Small, even groups: a (prompts, most rows of one prompt) grid for one batched GEMM,
+        ``member_slots`` holding the row at each place (row 0 where a prompt has fewer rows, a
+        place whose result is not read) and ``member_pos`` each row's flat place; ``members``
+        is None. Otherwise (large groups, or uneven once rows finish, when the grid's empty
+        places cost more than a GEMM per prompt saves) ``members``: each prompt's rows, one
+        GEMM per prompt (empty groups dropped)."""
         count = self.prompt_keys[0].shape[0]
         counts = torch.bincount(self.group, minlength=count)
         most = max(int(counts.max()), 1)
         order = torch.argsort(self.group, stable=True)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order), device=order.device) - starts[self.group[order]]
-        self.member_pos = self.group * most + rank
-        slots = torch.zeros(count * most, dtype=torch.long, device=order.device)
-        slots[self.member_pos] = torch.arange(len(order), device=order.device)
-        self.member_slots = slots.view(count, most)
-        # once the prompts' rows are uneven (some finished), the grid's empty places cost more
-        # than a GEMM per prompt saves: then one GEMM per prompt, over its own rows
-        self.members = None
-        if count * most > GRID_WASTE * len(order) or most > self.settings.prompt_grid_max_rows:
+        batch = len(order)
+        if count * most > GRID_WASTE * batch or most > self.settings.prompt_grid_max_rows:
             split = torch.split(order, counts.tolist())
             self.members = [(u, rows) for u, rows in enumerate(split) if len(rows)]
+            return
+        self.members = None
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(batch, device=order.device) - starts[self.group[order]]
+        self.member_pos = self.group * most + rank
+        slots = torch.zeros(count * most, dtype=torch.long, device=order.device)
+        slots[self.member_pos] = torch.arange(batch, device=order.device)
+        self.member_slots = slots.view(count, most)
 
     def _prefill_pass(
         self, part, width: int, target_k: list, target_v: list, row_of: torch.Tensor
@@ -377,29 +381,26 @@ class DecoderRunner:
         prompt_k, prompt_v = self.prompt_keys[i], self.prompt_values[i]
         width = prompt_k.shape[2]
         own = torch.matmul(q, self.keys[i][:, :, :end].transpose(-1, -2))
-        # all queries of one prompt's rows against its keys: every prompt in one batched GEMM
-        # over the grid of rows, or one GEMM per prompt
-        if self.members is None:
-            prompt = self._by_prompt(q, prompt_k.mT)
-        else:
-            prompt = torch.empty((batch, n_kv, group, width), dtype=q.dtype, device=q.device)
-            for u, rows in self.members:
-                prompt.index_copy_(0, rows, one_cache_scores(q[rows], prompt_k[u]))
+        # all queries of one prompt's rows against its keys
+        prompt = self._by_prompt(q, prompt_k.mT)
         scores = torch.cat([prompt, own], dim=-1).mul_(self.scaling)
         if self.padded:
             scores[..., :width] += self.row_bias
         weights = scores.softmax(dim=-1)
         out = torch.matmul(weights[..., width:], self.values[i][:, :, :end])
-        if self.members is None:
-            return out.add_(self._by_prompt(weights[..., :width], prompt_v))
-        for u, rows in self.members:
-            out.index_add_(0, rows, one_cache_output(weights[rows, ..., :width], prompt_v[u]))
-        return out
+        return out.add_(self._by_prompt(weights[..., :width], prompt_v))
 
     def _by_prompt(self, x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
         """``x`` (rows, kv_heads, group, a) times each row's prompt ``cache`` (prompts, kv_heads,
-        a, b): one GEMM per (prompt, kv head) over all that prompt's rows. (rows, kv, group, b)."""
+        a, b), (rows, kv, group, b): one GEMM per (prompt, kv head) over all that prompt's rows,
+        all prompts in one batched GEMM over the grid of rows or one after another
+        (:meth:`_set_members`)."""
         rows, n_kv, group, _ = x.shape
+        if self.members is not None:
+            out = x.new_empty((rows, n_kv, group, cache.shape[-1]))
+            for u, members in self.members:
+                out.index_copy_(0, members, one_cache_output(x[members], cache[u]))
+            return out
         count, most = self.member_slots.shape
         grid = x[self.member_slots.view(-1)].view(count, most, n_kv, group, -1)
         grid = grid.transpose(1, 2).reshape(count, n_kv, most * group, -1)

@@ -105,15 +105,14 @@ def one_cache_scores(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Scores of queries ``q`` (rows, kv_heads, group, dim) against one cache's ``keys``
     (kv_heads, time, dim) that all the rows read: one GEMM per kv head over all their
     queries. Returns (rows, kv_heads, group, time)."""
-    rows, n_kv, group, dim = q.shape
-    scores = torch.matmul(q.transpose(0, 1).reshape(n_kv, rows * group, dim), keys.mT)
-    return scores.view(n_kv, rows, group, -1).transpose(0, 1)
+    return one_cache_output(q, keys.mT)
 
 
 def one_cache_output(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Attention output of ``weights`` (rows, kv_heads, group, time) over one cache's
-    ``values`` (kv_heads, time, dim): one GEMM per kv head. Returns (rows, kv_heads, group,
-    dim)."""
+    ``values`` (kv_heads, time, dim) that all the rows read (or, with ``values`` a cache's
+    transposed keys, the scores of queries): one GEMM per kv head. Returns (rows, kv_heads,
+    group, dim)."""
     rows, n_kv, group, time = weights.shape
     out = torch.matmul(weights.transpose(0, 1).reshape(n_kv, rows * group, time), values)
     return out.view(n_kv, rows, group, -1).transpose(0, 1)
