@@ -64,7 +64,7 @@ class RolloutConfig:
     workers: int = _h(
         "decode streams of the kv sampler on a CPU model (RL rollouts and evaluation), each a "
         "thread with one intra-op thread; the samples depend on it, not on the machine. On 2 "
-        "cores, 2 streams sampled the main job's rollouts 1.37x and its evaluations 1.8-2.4x "
+        "cores, 2 streams sampled the main job's rollouts 1.37x and its evaluations 1.79x "
         "faster than 1 (benchmarks/rollout_workers.py); the training forward and backward "
         "stay on run.threads",
         2,

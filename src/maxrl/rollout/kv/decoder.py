@@ -24,9 +24,10 @@ from .settings import KVSettings
 # The shared-prompt decode attention reads all prompts' caches in one batched GEMM over a
 # (prompts, most rows of one prompt) grid while the grid has at most GRID_WASTE places per live
 # row and no prompt more than ``KVSettings.prompt_grid_max_rows`` rows; otherwise one GEMM per
-# prompt. On an AMD EPYC (bf16 rollouts of SFT maze models, stop token on, alternating in one
-# process): 1.17-1.23x faster rollouts at 16 prompts x 16 rows, 1.15x at 8 x 32, 1.04x at 4 x 64,
-# 1.10x at 64 x 4, 0.96-0.99x at 16 x 128 (a GEMM per prompt is large there)
+# prompt. On an AMD EPYC, against one GEMM per prompt as :meth:`DecoderRunner._by_prompt` runs
+# it: on par on the main job's rollouts (benchmarks/rollout_grid.py: 0.96x and 1.02x), 1.097x
+# against the earlier per-prompt loop (an index_add_ per prompt; benchmarks/rollout.py
+# --ablations at 16 x 16). The 1.5 and the 64-row limit come from one-off timings.
 GRID_WASTE = 1.5
 
 
