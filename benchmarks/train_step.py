@@ -9,7 +9,10 @@ does. Variants alternate, ``--repeats`` rounds, median per variant:
 - ``hf``: the model's own forward, each prompt once with its KV cache shared by its rollouts (the
   trainer before its packed forward; ``model.packed=false``);
 - ``packed``: :mod:`maxrl.train.packed` in float32;
-- ``packed_bf16``: the packed forward with bf16 matmuls (``model.precision=bfloat16``).
+- ``packed_bf16``: the packed forward with bf16 matmuls (``model.precision=bfloat16``);
+- ``packed_bf16_one_call``: the same, with the response attention as one SDPA call over each
+  row's prompt keys (broadcast to its rows) and own keys, as off CPU, instead of the two flash
+  calls merged by log-sum-exp (``_SplitAttention``) that CPU runs: the ablation of that split.
 
 Each line gives the seconds, the speedup over ``hf``, and the fraction of this core's fp32 and
 bf16 matmul peak that the variant's linear-layer FLOPs reach. The peak is measured in the same
@@ -24,7 +27,6 @@ Run: ``python benchmarks/train_step.py`` (a few minutes, SFT included; ``--init`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -40,6 +42,7 @@ VARIANTS = {
     "hf": dict(packed=False, precision="float32"),
     "packed": dict(packed=True, precision="float32"),
     "packed_bf16": dict(packed=True, precision="bfloat16"),
+    "packed_bf16_one_call": dict(packed=True, precision="bfloat16", split=False),
 }
 
 
@@ -67,7 +70,19 @@ def batch(model, tokenizer, s):
                          params, gen)  # fmt: skip
 
 
-def step(model, groups, micro: int, packed: bool, precision: str) -> None:
+def step(model, groups, micro: int, packed: bool, precision: str, split: bool = True) -> None:
+    import maxrl.train.packed as packed_module
+
+    splits = packed_module._splits_attention
+    if not split:
+        packed_module._splits_attention = lambda device: False
+    try:
+        _step(model, groups, micro, packed, precision)
+    finally:
+        packed_module._splits_attention = splits
+
+
+def _step(model, groups, micro: int, packed: bool, precision: str) -> None:
     from maxrl.train.logprobs import compute_precision, policy_logprobs
 
     n = groups.group_size
@@ -155,8 +170,10 @@ def main(argv=None) -> None:
             f"{base / median:.2f}x hf; {rate:.0f} GFLOP/s = {rate / peaks[torch.float32]:.0%} of "
             f"the fp32 peak, {rate / peaks[torch.bfloat16]:.0%} of the bf16 peak"
         )
-    with contextlib.suppress(KeyError):
-        print(f"speedup_packed_bf16_vs_hf={base / statistics.median(times['packed_bf16']):.2f}")
+    bf16 = statistics.median(times["packed_bf16"])
+    one_call = statistics.median(times["packed_bf16_one_call"])
+    print(f"split_attention_vs_one_call={one_call / bf16:.2f}")
+    print(f"speedup_packed_bf16_vs_hf={base / bf16:.2f}")
 
 
 if __name__ == "__main__":

@@ -432,15 +432,27 @@ def _llama(seed: int = 0):
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_packed_forward_equals_full_forward(family, temperature):
+@pytest.mark.parametrize("attention", ["split", "one-call"])
+@pytest.mark.parametrize("prompt_lengths", ["uneven", "even"])
+def test_packed_forward_equals_full_forward(
+    family, temperature, attention, prompt_lengths, monkeypatch
+):
     """The packed training forward (each prompt once, responses without padding) gives the
-    log-probabilities, entropies and gradients of a plain full forward over every sequence."""
+    log-probabilities, entropies and gradients of a plain full forward over every sequence,
+    with the response attention split in two flash calls (CPU) or in one SDPA call (elsewhere),
+    and prompts of different lengths (padded keys masked) or of one length (no mask)."""
+    import maxrl.train.packed as packed_module
     from maxrl.train.logprobs import response_logprobs
     from maxrl.train.packed import packed_logprobs, supports_packed
 
+    assert packed_module._splits_attention(torch.device("cpu"))
+    if attention == "one-call":
+        monkeypatch.setattr(packed_module, "_splits_attention", lambda device: False)
     model = (build_model("tiny", seed=1) if family == "qwen2" else _llama()).double()
     assert supports_packed(model)
     prompts = [[1, 4, 9, 7], [1, 4, 8, 8, 9, 10, 11], [1, 5]]
+    if prompt_lengths == "even":
+        prompts = [p + [6] * (7 - len(p)) for p in prompts]
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, 7, (9,), generator=gen)
     lengths[:2] = torch.tensor([1, 6])  # a one-token response, and the longest

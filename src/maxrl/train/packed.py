@@ -9,10 +9,15 @@ forward). What it saves over the model's ``forward`` on a padded batch:
 - every linear layer, norm and MLP runs on packed tokens, with no padding: a prompt's tokens
   once (not once per rollout), and each response's real tokens only (the maze batches of the
   main job pad 14 real response tokens to 24);
-- a response row attends to its prompt's keys and values, then its own row's, in one
-  ``scaled_dot_product_attention`` call over all rows, so one softmax spans both and the
-  attention is the model's. The prompt's keys and values are computed once and broadcast to
-  its N rows (their gradient is a sum over the rows); grouped-query heads are not repeated;
+- a response row attends to its prompt's keys and values, then its own row's, under one
+  softmax, so the attention is the model's. The prompt's keys and values are computed once. On
+  CPU the two key sets run as two flash-attention calls merged by their log-sum-exp
+  (:class:`_SplitAttention`): the prompt part as one call per prompt over the queries of all
+  its N rows, the own part as one causal call per row, and the backward as the two flash
+  backwards under the merged output, so the prompt's key and value gradients are computed per
+  prompt, not broadcast to the rows and summed back. Elsewhere one
+  ``scaled_dot_product_attention`` call spans both key sets, the prompt's broadcast to its rows.
+  Grouped-query heads are not repeated;
 - the last layer computes only keys and values at prompt positions other than the last, and no
   response row computes the position after its last token (neither feeds a needed logit);
 - norms run as one fused ``rms_norm`` call, and the q/k/v projections (and the MLP's gate and
@@ -111,27 +116,34 @@ def packed_logprobs(
     row_prompt = torch.arange(n_prompts, device=device).repeat_interleave(n)
     r_pos = (p_len[row_prompt][:, None] + r_cols[None, :])[r_real]
 
-    # attention biases: prompt queries are causal over their prompt; response queries see their
-    # prompt's real keys, then their own row's keys up to themselves
+    # attention masks. Prompt queries are causal over their prompt: right padding sits after
+    # every real query, so a causal mask alone is exact for them (the padded queries' outputs are
+    # dropped). At the last layer only each prompt's last query runs, over its real keys.
+    # Response queries see their prompt's real keys, then their own row's keys up to themselves
+    # (causal again: a row's padded keys come after its real queries).
     neg = torch.finfo(torch.float32).min
-    causal = p_cols[None, :] <= p_cols[:, None]
-    p_bias = torch.zeros((n_prompts, 1, lp, lp), device=device)
-    p_bias.masked_fill_(~(causal[None] & p_real[:, None, :])[:, None], neg)
-    own_ok = (r_cols[None, :] <= r_cols[:, None])[None] & r_real[:, None, :]  # (B, W, W)
-    key_ok = torch.cat([p_real[row_prompt][:, None, :].expand(-1, w, -1), own_ok], dim=-1)
-    r_bias = torch.zeros(key_ok.shape, device=device).masked_fill_(~key_ok, neg)
-    r_bias = r_bias[:, None]  # (B, 1, W, Lp + W)
+    p_key_bias = torch.zeros((n_prompts, 1, 1, lp), device=device).masked_fill_(
+        ~p_real[:, None, None], neg
+    )  # (P, 1, 1, Lp)
+    split = _splits_attention(device)
+    if split:
+        r_bias = None if bool(p_real.all()) else p_key_bias
+    else:
+        own_ok = (r_cols[None, :] <= r_cols[:, None])[None] & r_real[:, None, :]  # (B, W, W)
+        key_ok = torch.cat([p_real[row_prompt][:, None, :].expand(-1, w, -1), own_ok], dim=-1)
+        r_bias = torch.zeros(key_ok.shape, device=device).masked_fill_(~key_ok, neg)
+        r_bias = r_bias[:, None]  # (B, 1, W, Lp + W)
 
-    h_p = inner.embed_tokens(p_ids[p_real])  # (Tp, hidden)
-    h_r = inner.embed_tokens(r_ids)  # (Tr, hidden)
+    # the residual stream: the prompts' packed tokens, then the responses' (Tp + Tr, hidden)
+    h = inner.embed_tokens(torch.cat([p_ids[p_real], r_ids]))
     positions = torch.cat([p_cols.expand(n_prompts, -1)[p_real], r_pos])
-    cos, sin = inner.rotary_emb(h_p, positions[None])
+    cos, sin = inner.rotary_emb(h, positions[None])
     cos, sin = cos[0], sin[0]  # (Tp + Tr, d), broadcast over heads by apply_rope
-    tp = h_p.shape[0]
+    tp = len(p_flat)
     final = len(inner.layers) - 1
     for i, layer in enumerate(inner.layers):
         sa = layer.self_attn
-        x = _rms_norm(layer.input_layernorm, torch.cat([h_p, h_r]))
+        x = _rms_norm(layer.input_layernorm, h)
         qkv = _linear(x, (sa.q_proj, sa.k_proj, sa.v_proj))
         q = qkv[:, :q_width].view(-1, n_heads, head_dim)
         k = qkv[:, q_width : q_width + kv_width].view(-1, n_kv, head_dim)
@@ -141,35 +153,37 @@ def packed_logprobs(
         # layouts that repeat them
         dtype = torch.promote_types(q.dtype, torch.float32)
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        # prompt keys and values padded to (P, kv, Lp, d)
-        k_p = _unpack(k[:tp], p_flat, (n_prompts, lp)).transpose(1, 2)
-        v_p = _unpack(v[:tp], p_flat, (n_prompts, lp)).transpose(1, 2)
+        # prompt keys and values padded to (P, Lp, kv, d)
+        k_p = _unpack(k[:tp], p_flat, (n_prompts, lp))
+        v_p = _unpack(v[:tp], p_flat, (n_prompts, lp))
         # prompt attention (only each prompt's last position at the last layer)
         if i == final:
-            q_p = q[:tp][p_last][:, None].transpose(1, 2)  # (P, heads, 1, d)
-            bias = p_bias[torch.arange(n_prompts), :, p_len - 1][:, :, None]
-            h_p = h_p[p_last]
+            q_p = q[:tp][p_last][:, None]  # (P, 1, heads, d)
+            out_p = _attention(q_p, k_p, v_p, p_key_bias, scaling, group > 1)
+            out_p = out_p.reshape(-1, n_heads * head_dim)
+            # from here on the stream holds each prompt's last token, then the responses'
+            h = h[torch.cat([p_last, torch.arange(tp, h.shape[0], device=device)])]
         else:
-            q_p = _unpack(q[:tp], p_flat, (n_prompts, lp)).transpose(1, 2)
-            bias = p_bias
-        out_p = _attention(q_p, k_p, v_p, bias, scaling, group > 1)
-        out_p = out_p.transpose(1, 2).reshape(-1, n_heads * head_dim)
-        if i != final:
-            out_p = out_p[p_flat]
+            q_p = _unpack(q[:tp], p_flat, (n_prompts, lp))
+            out_p = _attention(q_p, k_p, v_p, None, scaling, group > 1, causal=True)
+            out_p = out_p.reshape(-1, n_heads * head_dim)[p_flat]
         # response attention: each row's queries over its prompt's keys, then its own
-        q_r = _unpack(q[tp:], r_flat, (n_rows, w)).transpose(1, 2)  # (B, heads, W, d)
-        k_r = _unpack(k[tp:], r_flat, (n_rows, w)).transpose(1, 2)  # (B, kv, W, d)
-        v_r = _unpack(v[tp:], r_flat, (n_rows, w)).transpose(1, 2)
-        keys, values = _after_prompt(k_p, k_r, n), _after_prompt(v_p, v_r, n)
-        out_r = _attention(q_r, keys, values, r_bias, scaling, group > 1)
-        out_r = out_r.transpose(1, 2).reshape(n_rows * w, -1)[r_flat]
-        h = torch.cat([h_p, h_r]) + sa.o_proj(torch.cat([out_p, out_r]))
+        q_r = _unpack(q[tp:], r_flat, (n_rows, w))  # (B, W, heads, d)
+        k_r = _unpack(k[tp:], r_flat, (n_rows, w))  # (B, W, kv, d)
+        v_r = _unpack(v[tp:], r_flat, (n_rows, w))
+        if split:
+            bias = None if r_bias is None else r_bias.to(q_r.dtype)
+            out_r = _SplitAttention.apply(q_r, k_p, v_p, k_r, v_r, bias, scaling)
+        else:
+            keys = _after_prompt(k_p.transpose(1, 2), k_r.transpose(1, 2), n)
+            values = _after_prompt(v_p.transpose(1, 2), v_r.transpose(1, 2), n)
+            out_r = _attention(q_r, keys, values, r_bias, scaling, group > 1, layout="bhld")
+        out_r = out_r.reshape(n_rows * w, -1)[r_flat]
+        h = h + sa.o_proj(torch.cat([out_p, out_r]))
         mlp = layer.mlp
         x = _rms_norm(layer.post_attention_layernorm, h)
         gate, up = _linear(x, (mlp.gate_proj, mlp.up_proj)).chunk(2, dim=-1)
         h = h + mlp.down_proj(mlp.act_fn(gate) * up)
-        tp = h_p.shape[0]
-        h_p, h_r = h[:tp], h[tp:]
 
     # the hidden state that predicts each response token: the prompt's last for token 0, the
     # row's own position j - 1 for token j
@@ -180,8 +194,8 @@ def packed_logprobs(
     slots[:, 1:] = r_real[:, : width - 1]
     index = torch.zeros((n_rows, width), dtype=torch.long, device=device)
     index[first] = row_prompt
-    index[slots] = n_prompts + torch.arange(h_r.shape[0], device=device)
-    states = torch.cat([h_p, h_r])[index[real]]
+    index[slots] = n_prompts + torch.arange(len(r_flat), device=device)
+    states = h[index[real]]
     logits = model.lm_head(_rms_norm(inner.norm, states)).float()
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
@@ -223,16 +237,105 @@ def _linear(x: torch.Tensor, layers) -> torch.Tensor:
     return F.linear(x, weight, bias)
 
 
-def _attention(q, k, v, bias, scale: float, gqa: bool) -> torch.Tensor:
+def _attention(
+    q, k, v, bias, scale: float, gqa: bool, causal: bool = False, layout: str = "blhd"
+) -> torch.Tensor:
     """SDPA in float32 whatever the autocast: its CPU backward in bf16 ran six times slower
-    than in float32 here, while the projections gain from bf16. Returns q's dtype."""
+    than in float32 here, while the projections gain from bf16. ``q`` is (batch, L, heads, d)
+    and ``k``, ``v`` the same layout (``layout="blhd"``), or ``k``, ``v`` are (batch, heads, L, d)
+    (``"bhld"``); returns (batch, L, heads, d) in q's dtype."""
     dtype = torch.promote_types(q.dtype, torch.float32)
+    if layout == "blhd":
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
     with torch.autocast(q.device.type, enabled=False):
         out = F.scaled_dot_product_attention(
-            q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=bias.to(dtype), scale=scale,
+            q.transpose(1, 2).to(dtype), k.to(dtype), v.to(dtype),
+            attn_mask=None if bias is None else bias.to(dtype), is_causal=causal, scale=scale,
             enable_gqa=gqa,
         )  # fmt: skip
-    return out.to(q.dtype)
+    return out.transpose(1, 2).to(q.dtype)
+
+
+def _splits_attention(device: torch.device) -> bool:
+    """Whether the response attention runs as :class:`_SplitAttention` (CPU flash attention,
+    whose forward returns the log-sum-exp that merging the two key sets needs)."""
+    return device.type == "cpu" and hasattr(
+        torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"
+    )
+
+
+class _SplitAttention(torch.autograd.Function):
+    """Response rows' attention over their prompt's keys, then their own, as two flash-attention
+    calls merged by log-sum-exp: softmax over the union of two key sets is each part's output
+    weighted by ``exp(lse_part - lse)``. Both parts see the queries in their own layout, so no
+    key or query is copied or repeated: the prompt part runs once per prompt over the queries of
+    its N rows, (P, heads, N * W, d) against (P, kv, Lp, d); the own part once per row, causal,
+    (B, heads, W, d) against (B, kv, W, d).
+
+    The backward is exact: each part's flash backward, given the merged output and the merged
+    log-sum-exp, recomputes that part's share of the one softmax, and its correction term
+    (the row sums of grad_out x out) is the merged one; the query gradient is the sum of both.
+    ``tests/test_trainer.py`` checks values and gradients against the model's own forward in
+    float64.
+
+    Inputs (float32 or float64, not autocast): ``q`` (B, W, heads, d); ``k_p``, ``v_p``
+    (P, Lp, kv, d); ``k_r``, ``v_r`` (B, W, kv, d), B = P x N rows, group-major; ``prompt_bias``
+    None or (P, 1, 1, Lp) additive (the prompts' padded keys). Returns (B, W, heads, d).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k_p, v_p, k_r, v_r, prompt_bias, scale):
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        n_rows, width, heads, dim = q.shape
+        n_prompts = k_p.shape[0]
+        with torch.autocast("cpu", enabled=False):
+            out_p, lse_p = flash(
+                _by_prompt(q, n_prompts), k_p.transpose(1, 2), v_p.transpose(1, 2),
+                attn_mask=prompt_bias, scale=scale,
+            )  # fmt: skip
+            out_r, lse_r = flash(
+                q.transpose(1, 2), k_r.transpose(1, 2), v_r.transpose(1, 2), is_causal=True,
+                scale=scale,
+            )  # fmt: skip
+            # (P, heads, N * W) -> (B, heads, W)
+            lse_p = lse_p.view(n_prompts, heads, -1, width).transpose(1, 2)
+            lse_p = lse_p.reshape(n_rows, heads, width)
+            lse = torch.logaddexp(lse_p, lse_r)
+            w_p = (lse_p - lse).exp_().transpose(1, 2)[..., None]
+            w_r = (lse_r - lse).exp_().transpose(1, 2)[..., None]
+            out = out_p.transpose(1, 2).reshape(q.shape) * w_p + out_r.transpose(1, 2) * w_r
+        ctx.save_for_backward(q, k_p, v_p, k_r, v_r, prompt_bias, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        q, k_p, v_p, k_r, v_r, prompt_bias, out, lse = ctx.saved_tensors
+        grad = grad.contiguous()
+        n_rows, width, heads, dim = q.shape
+        n_prompts = k_p.shape[0]
+        lse_p = lse.view(n_prompts, -1, heads, width).transpose(1, 2).reshape(n_prompts, heads, -1)
+        gq_p, gk_p, gv_p = backward(
+            _by_prompt(grad, n_prompts), _by_prompt(q, n_prompts), k_p.transpose(1, 2),
+            v_p.transpose(1, 2), _by_prompt(out, n_prompts), lse_p, 0.0, False,
+            attn_mask=prompt_bias, scale=ctx.scale,
+        )  # fmt: skip
+        gq_r, gk_r, gv_r = backward(
+            grad.transpose(1, 2), q.transpose(1, 2), k_r.transpose(1, 2), v_r.transpose(1, 2),
+            out.transpose(1, 2), lse, 0.0, True, scale=ctx.scale,
+        )  # fmt: skip
+        gq = gq_r.transpose(1, 2) + gq_p.transpose(1, 2).reshape(q.shape)
+        return (
+            gq, gk_p.transpose(1, 2), gv_p.transpose(1, 2), gk_r.transpose(1, 2),
+            gv_r.transpose(1, 2), None, None,
+        )  # fmt: skip
+
+
+def _by_prompt(x: torch.Tensor, n_prompts: int) -> torch.Tensor:
+    """(B, W, h, d) rows, group-major, viewed as (P, h, N * W, d): each prompt's N rows as one
+    sequence of queries (a view, no copy)."""
+    return x.view(n_prompts, -1, x.shape[2], x.shape[3]).transpose(1, 2)
 
 
 def _unpack(x: torch.Tensor, slots: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
