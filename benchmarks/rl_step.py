@@ -177,7 +177,8 @@ def trl_trainer(args, s, init: str, out: str, after_step):
         steps_per_generation=accumulation,
         max_completion_length=s["new_tokens"],
         temperature=1.0,
-        learning_rate=5e-5,
+        learning_rate=1e-4,  # as maxrl train (its cosine decay does not change a step's time)
+        lr_scheduler_type="cosine",
         beta=0.0,
         num_iterations=1,
         max_steps=steps,

@@ -74,20 +74,38 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
 
 def test_resume_refuses_a_changed_config_before_any_checkpoint_changes(tmp_path):
     out = tmp_path / "run"
-    assert cli_main(["train", *TINY, f"run.out_dir={out}"]) == 0
+    tiny = [*TINY, "optim.schedule=constant"]  # resumable with more steps
+    assert cli_main(["train", *tiny, f"run.out_dir={out}"]) == 0
     ckpts = out / "checkpoints"
     before = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
     config_before = (out / "config.yaml").read_text()
-    with pytest.raises(ConfigError, match=r"optim.lr: 5e-05 -> 0.001"):
-        cli_main(["train", *TINY, f"run.out_dir={out}", "optim.lr=1e-3", "run.steps=3", "--debug"])
+    with pytest.raises(ConfigError, match=r"optim.lr: 0.0001 -> 0.001"):
+        cli_main(["train", *tiny, f"run.out_dir={out}", "optim.lr=1e-3", "run.steps=3", "--debug"])
     assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == before
     assert (out / "config.yaml").read_text() == config_before
     # more steps (and logging, progress, checkpoint cadence) are a resume, not a new run
-    assert cli_main(["train", *TINY, f"run.out_dir={out}", "run.steps=3"]) == 0
+    assert cli_main(["train", *tiny, f"run.out_dir={out}", "run.steps=3"]) == 0
     assert (ckpts / "step_0000003").exists()
     # and an explicit option allows a change
     args = ["optim.lr=1e-3", "run.steps=4", "run.allow_config_change=true"]
-    assert cli_main(["train", *TINY, f"run.out_dir={out}", *args]) == 0
+    assert cli_main(["train", *tiny, f"run.out_dir={out}", *args]) == 0
     assert (ckpts / "step_0000004").exists()
     with pytest.raises(ConfigError, match="run.steps=1 is below the 4 steps"):
-        cli_main(["train", *TINY, f"run.out_dir={out}", "run.steps=1", "--debug"])
+        cli_main(["train", *tiny, f"run.out_dir={out}", "run.steps=1", "--debug"])
+
+
+def test_a_decaying_schedule_resumes_only_with_its_own_steps(tmp_path):
+    """The default cosine schedule decays over run.steps: resuming with other steps would change
+    the learning rate of the steps left, so it is refused in one line before any checkpoint
+    changes; the same steps, or run.allow_config_change=true, resume."""
+    out = tmp_path / "run"
+    assert cli_main(["train", *TINY, f"run.out_dir={out}"]) == 0
+    ckpts = out / "checkpoints"
+    before = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
+    with pytest.raises(ConfigError, match=r"started for run.steps=2 with optim.schedule='cosine'"):
+        cli_main(["train", *TINY, f"run.out_dir={out}", "run.steps=3", "--debug"])
+    assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == before
+    assert cli_main(["train", *TINY, f"run.out_dir={out}", "run.steps=2"]) == 0
+    args = ["run.steps=3", "run.allow_config_change=true"]
+    assert cli_main(["train", *TINY, f"run.out_dir={out}", *args]) == 0
+    assert (ckpts / "step_0000003").exists()

@@ -134,7 +134,8 @@ def test_resume_after_a_crash_replays_the_same_run(tmp_path, tiny_init, monkeypa
 
 
 def test_a_crash_while_saving_leaves_the_last_checkpoint_intact(tmp_path, tiny_init, monkeypatch):
-    rl.train(tiny_cfg(tmp_path, tiny_init, "run.steps=2"), task=FirstMoveTask())
+    const = "optim.schedule=constant"  # a resume with more steps (a decaying schedule refuses one)
+    rl.train(tiny_cfg(tmp_path, tiny_init, "run.steps=2", const), task=FirstMoveTask())
     good = latest_checkpoint(tmp_path)
     real_save = torch.save
 
@@ -143,7 +144,7 @@ def test_a_crash_while_saving_leaves_the_last_checkpoint_intact(tmp_path, tiny_i
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
-        rl.train(tiny_cfg(tmp_path, tiny_init, "run.steps=4"), task=FirstMoveTask())
+        rl.train(tiny_cfg(tmp_path, tiny_init, "run.steps=4", const), task=FirstMoveTask())
     monkeypatch.setattr(torch, "save", real_save)
     assert latest_checkpoint(tmp_path) == good
     load_policy(str(good))  # still loads
@@ -396,7 +397,8 @@ def test_ppo_epochs_and_minibatches_run_and_clip(tmp_path, tiny_init):
 
 def test_lora_trains_adapters_only_and_resumes(tmp_path, tiny_init):
     pytest.importorskip("peft")
-    cfg = tiny_cfg(tmp_path, tiny_init, "run.steps=2", "model.lora_rank=2", "optim.lr=3e-2")
+    lora = ["model.lora_rank=2", "optim.lr=3e-2", "optim.schedule=constant"]  # resumed longer
+    cfg = tiny_cfg(tmp_path, tiny_init, "run.steps=2", *lora)
     rl.train(cfg, task=FirstMoveTask())
     ckpt = latest_checkpoint(tmp_path)
     assert (ckpt / "adapter_config.json").exists()
@@ -406,7 +408,7 @@ def test_lora_trains_adapters_only_and_resumes(tmp_path, tiny_init):
     assert adapters and all("lora" in k for k in adapters)
     assert any(v.abs().sum() > 0 for k, v in adapters.items() if "lora_B" in k)  # B starts at 0
     rl.train(
-        tiny_cfg(tmp_path, tiny_init, "run.steps=3", "model.lora_rank=2", "optim.lr=3e-2"),
+        tiny_cfg(tmp_path, tiny_init, "run.steps=3", *lora),
         task=FirstMoveTask(),
     )
     steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if "train/loss" in r]

@@ -104,12 +104,19 @@ class AlgoConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = _h("AdamW learning rate (the paper's maze RL: 1e-4)", 5e-5)
+    lr: float = _h(
+        "AdamW learning rate, the peak of the schedule (the paper's maze RL: 1e-4; the main "
+        "job's constant 5e-5 before gained pass@1 within seed noise, cosine from 1e-4 beyond it: "
+        "docs/results.md)",
+        1e-4,
+    )
     betas: list[float] = _h("AdamW betas", factory=lambda: [0.9, 0.95])
     weight_decay: float = _h("AdamW weight decay", 0.0)
     grad_clip: float = _h("clip the global gradient norm (0 = off)", 1.0)
     schedule: str = _h(
-        "learning-rate schedule: constant | linear | cosine (with warmup)", "constant"
+        "learning-rate schedule after the warmup: constant | linear | cosine (both decay to 0 "
+        "at run.steps, so a run that decays resumes only with its own run.steps)",
+        "cosine",
     )
     warmup_steps: int = _h(
         "linear warmup steps (Adam's first steps move every weight by the full lr, whatever the "

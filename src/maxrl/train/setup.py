@@ -236,8 +236,9 @@ LATER_KEYS = {"rollout.precision": "float32", "rollout.workers": 1}
 
 def check_resume(cfg: TrainConfig, out_dir: Path, step: int) -> None:
     """Refuse to resume ``out_dir`` with a config that differs from the one it was started with
-    in more than ``RESUMABLE_KEYS`` (unless ``run.allow_config_change``), or with fewer steps
-    than its checkpoint has done; the error names each key with both values."""
+    in more than ``RESUMABLE_KEYS`` (unless ``run.allow_config_change``), with another
+    ``run.steps`` under a decaying schedule, or with fewer steps than its checkpoint has done;
+    the error names each key with both values."""
     if cfg.run.steps < step:
         raise ConfigError(
             f"run.steps={cfg.run.steps} is below the {step} steps the checkpoint in {out_dir} "
@@ -256,6 +257,14 @@ def check_resume(cfg: TrainConfig, out_dir: Path, step: int) -> None:
         raise ConfigError(
             f"{out_dir} holds a run started with another config ({listed}); resume it with "
             f"its own values, give another run.out_dir, or pass run.allow_config_change=true"
+        )
+    started = saved.get("run", {}).get("steps", cfg.run.steps)
+    if cfg.optim.schedule != "constant" and cfg.run.steps != started:
+        raise ConfigError(
+            f"{out_dir} was started for run.steps={started} with optim.schedule="
+            f"{cfg.optim.schedule!r}, which decays over run.steps, so run.steps={cfg.run.steps} "
+            f"would change the learning rate of its remaining steps; resume with "
+            f"run.steps={started}, or pass run.allow_config_change=true"
         )
 
 
