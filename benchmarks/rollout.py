@@ -67,6 +67,10 @@ ABLATIONS_CPU = {
     "no common prefix cached once (each row caches its whole prompt)": ("min_common_prefix", 10**9),
     "decode values by batched matmul, not embedding_bag": ("value_sums_by_rows", False),
     "prefill passes of 2,048 tokens": ("prefill_tokens_per_pass", 2048),
+    "shared prompts read by one GEMM per prompt, not one over a grid of rows": (
+        "prompt_grid_max_rows",
+        0,
+    ),
 }
 ABLATIONS_GPU = {
     "layer-0 token table (the CPU setting)": ("table_max_vocab", 4096),

@@ -186,19 +186,22 @@ def test_shared_prompt_cache_is_exact(name, compact_below):
 
 
 @pytest.mark.parametrize("name", ["qwen2_small", "llama"])
-def test_shared_prompts_with_uneven_rows_equal_own_caches(name):
-    """Shared-prompt decode attention, one GEMM per prompt over its rows, with uneven rows after
-    some are dropped (one prompt keeps a single row), gives the logits of per-row caches, and
-    samples exactly."""
+def test_shared_prompts_by_grid_equal_one_gemm_per_prompt(name, monkeypatch):
+    """Shared-prompt decode attention over the (prompts, rows) grid, with uneven rows after
+    some are dropped (the grid's empty places read row 0), gives the logits of one GEMM per
+    prompt, and both sample exactly."""
+    from maxrl.rollout.kv import decoder
+
     m = model(name)
     distinct = [[5, 6, 7, 8, 9], [PAD, 11], [12, 13, 14]]
     rows_of = (torch.randperm(12, generator=torch.Generator().manual_seed(2)) % 3).tolist()
     keep = [r for r in range(12) if rows_of[r] != 1 or r % 4 == 0]  # prompt 1 keeps one row
-    logits, shared = {}, {}
-    for mode, min_rows in (("shared", 2), ("own", 10**9)):
-        settings = kv_settings(min_rows_per_shared_prompt=min_rows)
-        logits[mode], runner = runner_logits(m, distinct, settings, 2, keep, rows_of)
-        shared[mode] = runner.shared
+    monkeypatch.setattr(decoder, "GRID_WASTE", float("inf"))  # the grid at any unevenness
+    logits, paths = {}, {}
+    for most in (0, 64):
+        settings = kv_settings(min_rows_per_shared_prompt=2, prompt_grid_max_rows=most)
+        logits[most], runner = runner_logits(m, distinct, settings, 2, keep, rows_of)
+        paths[most] = runner.members is None
         params = SamplingParams(max_new_tokens=10, temperature=0.8, stop_token_ids=(3, 4, 10))
         p = [distinct[u] for u in rows_of]
         sampler = KVCacheSampler(workers=1, settings=settings)
@@ -206,11 +209,10 @@ def test_shared_prompts_with_uneven_rows_equal_own_caches(name):
             m, p, params, pad_token_id=PAD, generator=torch.Generator().manual_seed(1)
         )
         check_rollouts(m, p, r, params)
-    assert shared == {"shared": True, "own": False}
-    assert len(keep) < 12 and logits["shared"][-1].shape[0] == len(keep)
-    for a, b in zip(logits["shared"], logits["own"]):
-        # relative to each step's logit scale (a near-zero logit has no relative digits)
-        assert float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
+    assert paths == {0: False, 64: True}
+    assert len(keep) < 12 and logits[0][-1].shape[0] == len(keep)
+    for a, b in zip(logits[0], logits[64]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("name", ["qwen2_small", "llama"])

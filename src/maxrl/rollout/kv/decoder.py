@@ -21,6 +21,16 @@ from .plan import PrefixPlan
 from .projections import Linears, Projections, one_cache_output, one_cache_scores
 from .settings import KVSettings
 
+# The shared-prompt decode attention reads all prompts' caches in one batched GEMM over a
+# (prompts, most rows of one prompt) grid while the grid has at most GRID_WASTE places per live
+# row and no prompt more than ``KVSettings.prompt_grid_max_rows`` rows; otherwise one GEMM per
+# prompt. On an AMD EPYC, against one GEMM per prompt as :meth:`DecoderRunner._by_prompt` runs
+# it, on the main job's rollouts (benchmarks/rollout_grid.py): 1.16x in two decode streams (the
+# default, 8 rows of a prompt per stream), 1.04x in one; 1.097x against the earlier per-prompt
+# loop (an index_add_ per prompt; benchmarks/rollout.py --ablations at 16 x 16). The 1.5 and the
+# 64-row limit come from one-off timings.
+GRID_WASTE = 1.5
+
 
 class DecoderRunner:
     """Qwen2/Llama decoder stack over preallocated K/V buffers, using the model's own modules.
@@ -153,14 +163,31 @@ class DecoderRunner:
         return logits[inverse]
 
     def _set_members(self) -> None:
-        """Each shared prompt's rows now in the batch, ``members``: (prompt, rows) pairs, empty
-        groups dropped; decode attention reads each prompt's cache with one GEMM over its rows
-        (:meth:`_by_prompt`)."""
+        """How decode attention reads the shared prompts' caches for the rows now in the batch.
+
+        Small, even groups: a (prompts, most rows of one prompt) grid for one batched GEMM,
+        ``member_slots`` holding the row at each place (row 0 where a prompt has fewer rows, a
+        place whose result is not read) and ``member_pos`` each row's flat place; ``members``
+        is None. Otherwise (large groups, or uneven once rows finish, when the grid's empty
+        places cost more than a GEMM per prompt saves) ``members``: each prompt's rows, one
+        GEMM per prompt (empty groups dropped)."""
         count = self.prompt_keys[0].shape[0]
         counts = torch.bincount(self.group, minlength=count)
+        most = max(int(counts.max()), 1)
         order = torch.argsort(self.group, stable=True)
-        split = torch.split(order, counts.tolist())
-        self.members = [(u, rows) for u, rows in enumerate(split) if len(rows)]
+        batch = len(order)
+        if count * most > GRID_WASTE * batch or most > self.settings.prompt_grid_max_rows:
+            split = torch.split(order, counts.tolist())
+            self.members = [(u, rows) for u, rows in enumerate(split) if len(rows)]
+            return
+        self.members = None
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(batch, device=order.device) - starts[self.group[order]]
+        self.member_pos = self.group * most + rank
+        slots = torch.zeros(count * most, dtype=torch.long, device=order.device)
+        slots[self.member_pos] = torch.arange(batch, device=order.device)
+        self.member_slots = slots.view(count, most)
 
     def _prefill_pass(
         self, part, width: int, target_k: list, target_v: list, row_of: torch.Tensor
@@ -367,13 +394,20 @@ class DecoderRunner:
 
     def _by_prompt(self, x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
         """``x`` (rows, kv_heads, group, a) times each row's prompt ``cache`` (prompts, kv_heads,
-        a, b), (rows, kv, group, b): one GEMM per (prompt, kv head) over all that prompt's rows
+        a, b), (rows, kv, group, b): one GEMM per (prompt, kv head) over all that prompt's rows,
+        all prompts in one batched GEMM over the grid of rows or one after another
         (:meth:`_set_members`)."""
         rows, n_kv, group, _ = x.shape
-        out = x.new_empty((rows, n_kv, group, cache.shape[-1]))
-        for u, members in self.members:
-            out.index_copy_(0, members, one_cache_output(x[members], cache[u]))
-        return out
+        if self.members is not None:
+            out = x.new_empty((rows, n_kv, group, cache.shape[-1]))
+            for u, members in self.members:
+                out.index_copy_(0, members, one_cache_output(x[members], cache[u]))
+            return out
+        count, most = self.member_slots.shape
+        grid = x[self.member_slots.view(-1)].view(count, most, n_kv, group, -1)
+        grid = grid.transpose(1, 2).reshape(count, n_kv, most * group, -1)
+        out = torch.matmul(grid, cache).view(count, n_kv, most, group, -1).transpose(1, 2)
+        return out.reshape(count * most, n_kv, group, -1)[self.member_pos]
 
     def select(self, index: torch.Tensor) -> None:
         """Keep only the rows in ``index``."""

@@ -40,6 +40,11 @@ class KVSettings:
             prompts share (a chat template and system prompt, few-shot examples, a maze's
             border) is cached once for all its rows, and decode attention reads it with one
             GEMM per kv head instead of once per row.
+        prompt_grid_max_rows: in shared mode, while no prompt has more than this many live
+            rows (and the rows are even enough, ``decoder.GRID_WASTE``), decode attention
+            reads every prompt's cache in one batched GEMM over a (prompts, rows) grid rather
+            than one GEMM per prompt (0 = never): a per-prompt loop's overhead dominates small
+            groups, while large ones already make large GEMMs.
     """
 
     min_rows_per_worker: int = 16
@@ -48,6 +53,7 @@ class KVSettings:
     table_max_vocab: int = 4096
     value_sums_by_rows: bool = True
     min_common_prefix: int = 8
+    prompt_grid_max_rows: int = 64
 
     def __post_init__(self) -> None:
         for name in ("min_rows_per_worker", "min_rows_per_shared_prompt", "min_common_prefix"):
@@ -57,6 +63,10 @@ class KVSettings:
             raise ValueError(
                 f"KVSettings.prefill_tokens_per_pass must be >= 1; got "
                 f"{self.prefill_tokens_per_pass}"
+            )
+        if self.prompt_grid_max_rows < 0:
+            raise ValueError(
+                f"KVSettings.prompt_grid_max_rows must be >= 0; got {self.prompt_grid_max_rows}"
             )
         if self.table_max_vocab < 0:
             raise ValueError(f"KVSettings.table_max_vocab must be >= 0; got {self.table_max_vocab}")
