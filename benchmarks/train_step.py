@@ -27,11 +27,13 @@ Run: ``python benchmarks/train_step.py`` (a few minutes, SFT included; ``--init`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -73,13 +75,9 @@ def batch(model, tokenizer, s):
 def step(model, groups, micro: int, packed: bool, precision: str, split: bool = True) -> None:
     import maxrl.train.packed as packed_module
 
-    splits = packed_module._splits_attention
-    if not split:
-        packed_module._splits_attention = lambda device: False
-    try:
+    one_call = mock.patch.object(packed_module, "_splits_attention", lambda device: False)
+    with contextlib.nullcontext() if split else one_call:
         _step(model, groups, micro, packed, precision)
-    finally:
-        packed_module._splits_attention = splits
 
 
 def _step(model, groups, micro: int, packed: bool, precision: str) -> None:

@@ -177,7 +177,9 @@ def packed_logprobs(
         else:
             keys = _after_prompt(k_p.transpose(1, 2), k_r.transpose(1, 2), n)
             values = _after_prompt(v_p.transpose(1, 2), v_r.transpose(1, 2), n)
-            out_r = _attention(q_r, keys, values, r_bias, scaling, group > 1, layout="bhld")
+            out_r = _attention(
+                q_r, keys.transpose(1, 2), values.transpose(1, 2), r_bias, scaling, group > 1
+            )
         out_r = out_r.reshape(n_rows * w, -1)[r_flat]
         h = h + sa.o_proj(torch.cat([out_p, out_r]))
         mlp = layer.mlp
@@ -237,23 +239,18 @@ def _linear(x: torch.Tensor, layers) -> torch.Tensor:
     return F.linear(x, weight, bias)
 
 
-def _attention(
-    q, k, v, bias, scale: float, gqa: bool, causal: bool = False, layout: str = "blhd"
-) -> torch.Tensor:
+def _attention(q, k, v, bias, scale: float, gqa: bool, causal: bool = False) -> torch.Tensor:
     """SDPA in float32 whatever the autocast: its CPU backward in bf16 ran six times slower
-    than in float32 here, while the projections gain from bf16. ``q`` is (batch, L, heads, d)
-    and ``k``, ``v`` the same layout (``layout="blhd"``), or ``k``, ``v`` are (batch, heads, L, d)
-    (``"bhld"``); returns (batch, L, heads, d) in q's dtype."""
-    dtype = torch.promote_types(q.dtype, torch.float32)
-    if layout == "blhd":
-        k, v = k.transpose(1, 2), v.transpose(1, 2)
+    than in float32 here, while the projections gain from bf16. ``q``, ``k`` and ``v`` are
+    (batch, L, heads, d); returns (batch, L, heads, d) in q's dtype."""
+    out_dtype, dtype = q.dtype, torch.promote_types(q.dtype, torch.float32)
+    q, k, v = (x.transpose(1, 2).to(dtype) for x in (q, k, v))
     with torch.autocast(q.device.type, enabled=False):
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2).to(dtype), k.to(dtype), v.to(dtype),
-            attn_mask=None if bias is None else bias.to(dtype), is_causal=causal, scale=scale,
-            enable_gqa=gqa,
+            q, k, v, attn_mask=None if bias is None else bias.to(dtype), is_causal=causal,
+            scale=scale, enable_gqa=gqa,
         )  # fmt: skip
-    return out.transpose(1, 2).to(q.dtype)
+    return out.transpose(1, 2).to(out_dtype)
 
 
 def _splits_attention(device: torch.device) -> bool:
