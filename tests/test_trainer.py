@@ -592,3 +592,28 @@ def test_a_folder_from_before_rollout_workers_resumes_with_one_stream(tmp_path, 
     assert cfg.rollout.workers == 1
     with pytest.raises(ConfigError, match="rollout.workers: 1 -> 3"):
         check_resume(tiny_cfg(tmp_path, tiny_init, "rollout.workers=3"), tmp_path, 2)
+
+
+def test_keep_freed_memory_reuses_freed_pages():
+    """After ``keep_freed_memory``, a step's worth of freed temporaries (here 4 to 20 MB each,
+    above glibc's default mmap threshold) serve the next step without page faults once the heap
+    has grown to hold them. A trim threshold that did not fit mallopt's int once returned the
+    memory on every free: about 5,000 faults per round of this test."""
+    import resource
+
+    from maxrl.seeding import keep_freed_memory
+
+    if not keep_freed_memory():
+        pytest.skip("not glibc")
+
+    def step():
+        temporaries = [torch.empty(n).fill_(1.0) for n in (3 * 2**20, 2**20, 5 * 2**20, 2**21)]
+        del temporaries
+
+    for _ in range(5):
+        step()
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        step()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+    assert faults < 500, f"{faults} page faults in 5 rounds of reused temporaries"

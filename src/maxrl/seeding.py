@@ -34,6 +34,11 @@ def set_threads(threads: int) -> None:
 
 
 _ALLOCATOR_TUNED = False
+# glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD as keep_freed_memory sets them: requests below
+# 1 GiB come from the heap, and the heap is trimmed only when over 2 GiB of it lies free at its
+# top (the largest value a C int holds)
+MMAP_THRESHOLD = 2**30
+TRIM_THRESHOLD = 2**31 - 1
 
 
 def keep_freed_memory() -> bool:
@@ -51,8 +56,14 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
+    # mallopt(int, int): each value must fit a C int (ctypes would otherwise pass the low 32
+    # bits: 2**62 became 0, a trim threshold of zero, which returned freed memory on every free)
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
     m_trim_threshold, m_mmap_threshold = -1, -3
-    _ALLOCATOR_TUNED = bool(mallopt(m_mmap_threshold, 2**30) and mallopt(m_trim_threshold, 2**62))
+    _ALLOCATOR_TUNED = bool(
+        mallopt(m_mmap_threshold, MMAP_THRESHOLD) and mallopt(m_trim_threshold, TRIM_THRESHOLD)
+    )
     return _ALLOCATOR_TUNED
 
 

@@ -170,8 +170,9 @@ class RunConfig:
         1,
     )
     keep_freed_memory: bool = _h(
-        "keep freed memory for reuse instead of returning it to the OS (glibc's mallopt): "
-        "faster steps, resident memory at its peak",
+        "keep freed memory for reuse instead of returning it to the OS (glibc's mallopt): a "
+        "step's temporaries reuse freed pages instead of faulting in fresh ones; resident "
+        "memory stays at its peak",
         True,
     )
     tensorboard: bool = _h("also log to TensorBoard in out_dir/tb", True)
