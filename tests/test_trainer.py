@@ -598,22 +598,30 @@ def test_keep_freed_memory_reuses_freed_pages():
     """After ``keep_freed_memory``, a step's worth of freed temporaries (here 4 to 20 MB each,
     above glibc's default mmap threshold) serve the next step without page faults once the heap
     has grown to hold them. A trim threshold that did not fit mallopt's int once returned the
-    memory on every free: about 5,000 faults per round of this test."""
-    import resource
+    memory on every free: about 5,000 faults per round of this test. It runs in a fresh process,
+    whose main thread alone allocates (threads started by earlier tests get arenas of their
+    own)."""
+    import subprocess
+    import sys
 
-    from maxrl.seeding import keep_freed_memory
-
-    if not keep_freed_memory():
+    script = """
+import resource, torch
+from maxrl.seeding import keep_freed_memory
+if not keep_freed_memory():
+    print("skip")
+    raise SystemExit
+def step():
+    temporaries = [torch.empty(n).fill_(1.0) for n in (3 * 2**20, 2**20, 5 * 2**20, 2**21)]
+    del temporaries
+for _ in range(5):
+    step()
+start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    if out.stdout.strip() == "skip":
         pytest.skip("not glibc")
-
-    def step():
-        temporaries = [torch.empty(n).fill_(1.0) for n in (3 * 2**20, 2**20, 5 * 2**20, 2**21)]
-        del temporaries
-
-    for _ in range(5):
-        step()
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        step()
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+    faults = int(out.stdout.strip())
     assert faults < 500, f"{faults} page faults in 5 rounds of reused temporaries"
