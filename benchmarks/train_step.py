@@ -12,7 +12,11 @@ does. Variants alternate, ``--repeats`` rounds, median per variant:
 - ``packed_bf16``: the packed forward with bf16 matmuls (``model.precision=bfloat16``);
 - ``packed_bf16_one_call``: the same, with the response attention as one SDPA call over each
   row's prompt keys (broadcast to its rows) and own keys, as off CPU, instead of the two flash
-  calls merged by log-sum-exp (``_SplitAttention``) that CPU runs: the ablation of that split.
+  calls merged by log-sum-exp (``_SplitAttention``) that CPU runs: the ablation of that split;
+- ``packed_bf16_two_streams``: ``packed_bf16`` with each micro-batch's groups split over two
+  threads of one intra-op thread each (``run.update_workers=2``, :mod:`maxrl.train.streams`,
+  the default of ``maxrl train``); the others run one stream, on one core. Its fraction of the
+  peak is against one core's, so two cores can take it past 100%.
 
 Each line gives the seconds, the speedup over ``hf``, and the fraction of this core's fp32 and
 bf16 matmul peak that the variant's linear-layer FLOPs reach. The peak is measured in the same
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import sys
 import tempfile
@@ -45,6 +50,7 @@ VARIANTS = {
     "packed": dict(packed=True, precision="float32"),
     "packed_bf16": dict(packed=True, precision="bfloat16"),
     "packed_bf16_one_call": dict(packed=True, precision="bfloat16", split=False),
+    "packed_bf16_two_streams": dict(packed=True, precision="bfloat16", workers=2),
 }
 
 
@@ -72,29 +78,43 @@ def batch(model, tokenizer, s):
                          params, gen)  # fmt: skip
 
 
-def step(model, groups, micro: int, packed: bool, precision: str, split: bool = True) -> None:
+def step(
+    model, groups, micro: int, packed: bool, precision: str, split: bool = True, workers: int = 1
+) -> None:
     import maxrl.train.packed as packed_module
 
     one_call = mock.patch.object(packed_module, "_splits_attention", lambda device: False)
     with contextlib.nullcontext() if split else one_call:
-        _step(model, groups, micro, packed, precision)
+        _step(model, groups, micro, packed, precision, workers)
 
 
-def _step(model, groups, micro: int, packed: bool, precision: str) -> None:
-    from maxrl.train.logprobs import compute_precision, policy_logprobs
+def _step(model, groups, micro: int, packed: bool, precision: str, workers: int) -> None:
+    from maxrl.train.streams import backward_in_streams, shards
 
     n = groups.group_size
     per = max(1, micro // n)
+    params = [p for p in model.parameters() if p.requires_grad]
     for start in range(0, groups.num_prompts, per):
         index = torch.arange(start, min(groups.num_prompts, start + per))
-        tokens, lengths = groups.responses(groups.rows(index))
-        with compute_precision(model, precision):
-            logp, mask, ent = policy_logprobs(
-                model, groups.prompt_ids[start : start + per], tokens, lengths, n,
-                groups.pad_token_id, entropy=True, packed=packed,
-            )  # fmt: skip
-        (-(logp * mask).sum() / mask.sum()).backward()
+        denom = float((groups.lengths[groups.rows(index)]).sum())
+        losses = [
+            functools.partial(_loss, model, groups, part, precision, packed, denom)
+            for part in shards(index, workers)
+        ]
+        backward_in_streams(losses, params)
     model.zero_grad(set_to_none=True)
+
+
+def _loss(model, groups, index, precision: str, packed: bool, denom: float):
+    from maxrl.train.logprobs import compute_precision, policy_logprobs
+
+    tokens, lengths = groups.responses(groups.rows(index))
+    with compute_precision(model, precision):
+        logp, mask, ent = policy_logprobs(
+            model, [groups.prompt_ids[i] for i in index.tolist()], tokens, lengths,
+            groups.group_size, groups.pad_token_id, entropy=True, packed=packed,
+        )  # fmt: skip
+    return -(logp * mask).sum() / denom, None
 
 
 def linear_flops(model, groups) -> float:
@@ -171,6 +191,8 @@ def main(argv=None) -> None:
     bf16 = statistics.median(times["packed_bf16"])
     one_call = statistics.median(times["packed_bf16_one_call"])
     print(f"split_attention_vs_one_call={one_call / bf16:.2f}")
+    two = statistics.median(times["packed_bf16_two_streams"])
+    print(f"two_streams_vs_one={bf16 / two:.2f}")
     print(f"speedup_packed_bf16_vs_hf={base / bf16:.2f}")
 
 

@@ -72,7 +72,7 @@ def rl_step(run: Run, step: int) -> dict:
     stats = optimise(
         run.model, run.optimizer, groups, adv, cfg.algo, cfg.optim,
         micro_batch_size=cfg.run.micro_batch_size, seed=seed, step=step, ref_model=run.ref,
-        precision=cfg.model.precision, packed=cfg.model.packed,
+        precision=cfg.model.precision, packed=cfg.model.packed, workers=cfg.run.update_workers,
     )  # fmt: skip
     run.check_finite(stats, step)
     run.scheduler.step()

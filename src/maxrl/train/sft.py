@@ -8,6 +8,7 @@ config file as ``maxrl train`` and runs only this stage, into ``<run.out_dir>/sf
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from maxrl.train.checkpoints import latest_checkpoint, load_trainer_state, save_
 from maxrl.train.config import TrainConfig
 from maxrl.train.logprobs import compute_precision, policy_logprobs
 from maxrl.train.optim import adamw
+from maxrl.train.streams import backward_in_streams, shards, update_workers
 
 
 def sft_batch(tokenizer, items) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
@@ -39,6 +41,20 @@ def sft_batch(tokenizer, items) -> tuple[list[list[int]], torch.Tensor, torch.Te
     for i, answer in enumerate(answers):
         ids[i, : len(answer)] = torch.tensor(answer)
     return prompts, ids, lengths
+
+
+def _answer_loss(model, cfg: TrainConfig, tokenizer, batch, index: torch.Tensor):
+    """(loss, its value) of demonstrations ``index`` of ``batch`` (prompts, answers, lengths,
+    the batch's answer tokens): their summed answer log-likelihood over the whole batch's
+    answer tokens, so that the shards' losses sum to the batch's mean."""
+    prompts, answers, lengths, tokens = batch
+    with compute_precision(model, cfg.model.precision):
+        logp, mask, _ = policy_logprobs(
+            model, [prompts[i] for i in index.tolist()], answers[index], lengths[index], 1,
+            tokenizer.pad_token_id, packed=cfg.model.packed,
+        )  # fmt: skip
+    loss = -(logp * mask).sum() / tokens
+    return loss, loss.item()
 
 
 def run_sft(cfg: TrainConfig, out_dir: Path) -> Path:
@@ -79,6 +95,8 @@ def run_sft(cfg: TrainConfig, out_dir: Path) -> Path:
     if start == 0:
         logger.log(0, run_eval(0))
     model.train()
+    workers = update_workers(cfg.run.update_workers, model)
+    params = [p for p in model.parameters() if p.requires_grad]
     timer = Timer()
     bar = tqdm(
         range(start + 1, s.steps + 1),
@@ -91,19 +109,18 @@ def run_sft(cfg: TrainConfig, out_dir: Path) -> Path:
     for step in bar:
         items = task.train_items(s.batch_size, seed=step_seed(cfg.run.seed, step, "sft"))
         prompts, answers, lengths = sft_batch(tokenizer, items)
-        # mean next-token loss over the answer tokens, by the trainer's forward
-        with compute_precision(model, cfg.model.precision):
-            logp, mask, _ = policy_logprobs(
-                model, prompts, answers, lengths, 1, tokenizer.pad_token_id, packed=cfg.model.packed
-            )
-        loss = -(logp * mask).sum() / mask.sum()
+        # mean next-token loss over the answer tokens, by the trainer's forward, the
+        # demonstrations shared by the update's streams
+        batch = (prompts, answers, lengths, float(lengths.sum()))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = shards(torch.arange(len(prompts)), workers)
+        losses = [partial(_answer_loss, model, cfg, tokenizer, batch, part) for part in parts]
+        loss = sum(backward_in_streams(losses, params))
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
         optimizer.step()
         scheduler.step()
         record = {
-            "sft/loss": loss.item(),
+            "sft/loss": loss,
             "sft/grad_norm": grad_norm.item(),
             "sft/lr": scheduler.get_last_lr()[0],
             "time/step_s": timer.lap(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -18,6 +19,7 @@ from maxrl.seeding import generator
 from maxrl.train.config import AlgoConfig, OptimConfig
 from maxrl.train.logprobs import compute_precision, policy_logprobs
 from maxrl.train.loss import aggregation_denominator, policy_loss
+from maxrl.train.streams import backward_in_streams, shards, update_workers
 
 
 @dataclass
@@ -56,6 +58,7 @@ def optimise(
     ref_model=None,
     precision: str = "float32",
     packed: bool = True,
+    workers: int = 1,
 ) -> UpdateStats:
     """PPO-style epochs x minibatches over one rollout batch (one plain step by default).
 
@@ -63,8 +66,10 @@ def optimise(
     finite is skipped (the optimiser does not step) and reported with ``finite=False``.
     Minibatch order (PPO only) is drawn from the ``(seed, step)`` streams. ``precision`` is
     the matmul precision of the forward and backward (:func:`compute_precision`); ``packed``
-    allows the packed forward (:func:`policy_logprobs`).
+    allows the packed forward (:func:`policy_logprobs`); ``workers`` streams share each
+    micro-batch's groups (:mod:`maxrl.train.streams`).
     """
+    workers = update_workers(workers, model)
     n = groups.group_size
     prompts = groups.prompt_ids
     n_groups = groups.num_prompts
@@ -84,6 +89,47 @@ def optimise(
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = optim.grad_clip if optim.grad_clip > 0 else math.inf
     width_all = groups.rollouts.logprobs.shape[1]
+
+    def shard_loss(g_idx: torch.Tensor, epoch: int, denom):
+        """The loss of groups ``g_idx`` (its backward is the caller's) and its statistics."""
+        seqs = groups.rows(g_idx)
+        tokens, lengths = groups.responses(seqs)
+        with compute_precision(model, precision):
+            logp, mask, ent = policy_logprobs(
+                model,
+                [prompts[i] for i in g_idx.tolist()],
+                tokens,
+                lengths,
+                n,
+                pad_id,
+                temp,
+                entropy=epoch == 0 or algo.entropy_coef != 0,
+                packed=packed,
+            )
+        width = logp.shape[1]
+        out = policy_loss(
+            logp,
+            None if on_policy else groups.rollouts.logprobs[seqs, :width],
+            adv[seqs],
+            mask,
+            agg=algo.loss_agg,
+            denom=denom,
+            clip_eps=algo.clip_eps,
+            on_policy=on_policy,
+            ref_logp=None if ref_logp is None else ref_logp[seqs, :width],
+            kl_coef=algo.kl_coef,
+            entropy=ent,
+            entropy_coef=algo.entropy_coef,
+        )
+        info = (
+            out.loss.item(),
+            float(out.clip_frac),
+            float(out.kl),
+            float(ent.detach().sum()) if epoch == 0 else 0.0,
+            float(mask.sum()),
+        )
+        return out.loss, info
+
     for epoch in range(algo.ppo_epochs):
         order = (
             torch.arange(n_groups)
@@ -99,43 +145,15 @@ def optimise(
             optimizer.zero_grad(set_to_none=True)
             mb_loss = 0.0
             for sub in _chunks(len(mb_groups), groups_per_micro):
-                g_idx = mb_groups[sub]
-                seqs = groups.rows(g_idx)
-                tokens, lengths = groups.responses(seqs)
-                with compute_precision(model, precision):
-                    logp, mask, ent = policy_logprobs(
-                        model,
-                        [prompts[i] for i in g_idx.tolist()],
-                        tokens,
-                        lengths,
-                        n,
-                        pad_id,
-                        temp,
-                        entropy=epoch == 0 or algo.entropy_coef != 0,
-                        packed=packed,
-                    )
-                width = logp.shape[1]
-                out = policy_loss(
-                    logp,
-                    None if on_policy else groups.rollouts.logprobs[seqs, :width],
-                    adv[seqs],
-                    mask,
-                    agg=algo.loss_agg,
-                    denom=denom,
-                    clip_eps=algo.clip_eps,
-                    on_policy=on_policy,
-                    ref_logp=None if ref_logp is None else ref_logp[seqs, :width],
-                    kl_coef=algo.kl_coef,
-                    entropy=ent,
-                    entropy_coef=algo.entropy_coef,
-                )
-                out.loss.backward()
-                mb_loss += out.loss.item()
-                totals["clip_frac"] += float(out.clip_frac)
-                totals["kl"] += float(out.kl)
-                if epoch == 0:
-                    ent_sum += float(ent.detach().sum())
-                    ent_count += float(mask.sum())
+                parts = shards(mb_groups[sub], workers)
+                losses = [partial(shard_loss, part, epoch, denom) for part in parts]
+                for loss, clip_frac, kl, ent_total, count in backward_in_streams(losses, params):
+                    mb_loss += loss
+                    totals["clip_frac"] += clip_frac
+                    totals["kl"] += kl
+                    if epoch == 0:
+                        ent_sum += ent_total
+                        ent_count += count
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             if not (math.isfinite(mb_loss) and math.isfinite(grad_norm)):
                 finite = False

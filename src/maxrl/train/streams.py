@@ -1,0 +1,73 @@
+"""Training forward and backward in parallel streams on a CPU model.
+
+A micro-batch's groups are split into ``workers`` shards of whole groups. Each shard runs its
+forward and backward in its own Python thread with one intra-op thread (torch's kernels release
+the GIL, so the shards use as many cores), and its gradient comes back from
+``torch.autograd.grad`` rather than being accumulated into ``.grad`` by the threads
+concurrently: the calling thread sums the shards' gradients into ``.grad`` in shard order, so a
+run is a deterministic function of ``workers`` and not of thread timing, and resumes exactly. The
+shards' losses share the micro-batch's denominator, so their gradients sum to the micro-batch's
+(up to float summation order). With one worker the loss is backpropagated by ``backward()`` on
+the calling thread, as without streams. ``benchmarks/train_step.py`` measures the effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from maxrl.train.logprobs import recomputes_activations
+
+
+def update_workers(workers: int, model) -> int:
+    """The streams to use for ``model``: ``workers`` on a CPU model whose forward may run in
+    several threads at once; 1 on other devices, under gradient checkpointing, and with rotary
+    embeddings that rewrite their frequencies during the forward."""
+    if workers <= 1 or next(model.parameters()).device.type != "cpu":
+        return 1
+    if recomputes_activations(model):
+        return 1
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if getattr(rotary, "rope_type", "default") in ("dynamic", "longrope"):
+        return 1
+    return workers
+
+
+def shards(index: torch.Tensor, workers: int) -> list[torch.Tensor]:
+    """``index`` (group ids) cut into at most ``workers`` consecutive shards of whole groups, as
+    even as they divide."""
+    return [part for part in torch.tensor_split(index, min(workers, len(index))) if len(part)]
+
+
+def backward_in_streams(
+    losses: Sequence[Callable[[], tuple[torch.Tensor, Any]]],
+    params: list[torch.nn.Parameter],
+) -> list[Any]:
+    """Run each closure (returning ``(loss, info)``) and backpropagate its loss into ``params``'
+    ``.grad``; return the infos in order. One closure runs on this thread with
+    ``loss.backward()``; several run in one thread each, their gradients summed into ``.grad``
+    in closure order."""
+    if len(losses) == 1:
+        loss, info = losses[0]()
+        loss.backward()
+        return [info]
+
+    def run(closure):
+        torch.set_num_threads(1)  # this thread's OpenMP setting only
+        loss, info = closure()
+        return torch.autograd.grad(loss, params, allow_unused=True), info
+
+    with ThreadPoolExecutor(len(losses)) as pool:
+        results = [future.result() for future in [pool.submit(run, c) for c in losses]]
+    for grads, _ in results:
+        for param, grad in zip(params, grads):
+            if grad is None:
+                continue
+            if param.grad is None:
+                param.grad = grad.clone(memory_format=torch.contiguous_format)
+            else:
+                param.grad.add_(grad)
+    return [info for _, info in results]
