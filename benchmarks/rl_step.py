@@ -26,8 +26,8 @@ Run: ``python benchmarks/rl_step.py --setting main`` (a few minutes) and ``--set
 ``--precision`` sets the native trainer's ``model.precision`` (default ``auto``, as ``maxrl train``:
 bf16 matmuls on an AMX CPU or a GPU, float32 elsewhere), ``--rollout-precision`` its
 ``rollout.precision`` (default: ``maxrl train``'s), ``--rollout-workers`` its ``rollout.workers``
-(default 1, so that both trainers run one torch thread; ``maxrl train`` decodes with 2 streams
-by default). Both trainers run with glibc told to
+and ``--update-workers`` its ``run.update_workers`` (default 1 each, so that both trainers run
+one torch thread; ``maxrl train`` decodes and updates with 2 streams by default). Both trainers run with glibc told to
 keep freed memory (``maxrl.seeding.keep_freed_memory``, which ``maxrl train`` does by default).
 """
 
@@ -72,6 +72,13 @@ def parse(argv):
         help="the native trainer's rollout.workers (default 1: one thread each, as TRL runs; "
         "maxrl train's default is 2 decode streams)",
     )
+    parser.add_argument(
+        "--update-workers",
+        type=int,
+        default=1,
+        help="the native trainer's run.update_workers (default 1: one thread each, as TRL runs; "
+        "maxrl train's default is 2 streams)",
+    )
     parser.add_argument("--skip-trl", action="store_true", help="time the native trainer only")
     return parser.parse_args(argv)
 
@@ -88,6 +95,7 @@ def native_config(args, s, init: str, out: str):
             f"model.precision={args.precision}",
             *([f"rollout.precision={args.rollout_precision}"] if args.rollout_precision else []),
             f"rollout.workers={args.rollout_workers}",
+            f"run.update_workers={args.update_workers}",
             f"task.maze_size={s['size']}",
             "task.test_count=4",
             f"rollout.prompts_per_step={s['prompts']}",

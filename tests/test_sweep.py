@@ -109,9 +109,14 @@ def test_shipped_sweep_configs_are_valid():
     assert len(files) >= 2
     for f in files:
         cfg = load_config(SweepConfig, f)
-        # comparisons of the trainer's forward and of the main job's learning rate and its
-        # schedule, not of methods
-        if f.stem not in ("sweep_precision", "sweep_main_lr", "sweep_main_schedule"):
+        # comparisons of the trainer's forward (its precision, its streams) and of the main
+        # job's learning rate and its schedule, not of methods
+        if f.stem not in (
+            "sweep_precision",
+            "sweep_main_lr",
+            "sweep_main_schedule",
+            "sweep_main_streams",
+        ):
             assert {m.estimator for m in cfg.methods} >= {"maxrl", "grpo", "rloo"}
 
 
