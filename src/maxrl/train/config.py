@@ -171,10 +171,10 @@ class RunConfig:
     )
     update_workers: int = _h(
         "parallel streams of the training forward and backward (RL update and SFT) on a CPU "
-        "model: each micro-batch's groups split into this many shards, each in a thread with "
-        "one intra-op thread, their gradients summed in a fixed order, so a run depends on it, "
-        "not on the machine. On 2 cores, 2 streams ran the main job's update 1.61x faster than "
-        "1 (benchmarks/train_step.py)",
+        "model: each micro-batch's groups split into this many shards, each in a thread (with "
+        "run.threads shared among them, one each by default), their gradients summed in a fixed "
+        "order, so a run depends on it, not on the machine. On 2 cores, 2 streams ran the main "
+        "job's update 1.67x faster than 1 (benchmarks/train_step.py)",
         2,
     )
     keep_freed_memory: bool = _h(

@@ -231,7 +231,7 @@ def rollout_precision(cfg: TrainConfig, model) -> str:
 
 
 # keys added to the config after runs were started without them, and the value those runs used
-LATER_KEYS = {"rollout.precision": "float32", "rollout.workers": 1}
+LATER_KEYS = {"rollout.precision": "float32", "rollout.workers": 1, "run.update_workers": 1}
 
 
 def check_resume(cfg: TrainConfig, out_dir: Path, step: int) -> None:

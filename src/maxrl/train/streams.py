@@ -1,8 +1,9 @@
 """Training forward and backward in parallel streams on a CPU model.
 
 A micro-batch's groups are split into ``workers`` shards of whole groups. Each shard runs its
-forward and backward in its own Python thread with one intra-op thread (torch's kernels release
-the GIL, so the shards use as many cores), and its gradient comes back from
+forward and backward in its own Python thread, the caller's intra-op threads shared among them
+(one each under the default ``run.threads=1``; torch's kernels release the GIL, so the shards
+use as many cores), and its gradient comes back from
 ``torch.autograd.grad`` rather than being accumulated into ``.grad`` by the threads
 concurrently: the calling thread sums the shards' gradients into ``.grad`` in shard order, so a
 run is a deterministic function of ``workers`` and not of thread timing, and resumes exactly. The
@@ -30,7 +31,8 @@ def update_workers(workers: int, model) -> int:
         return 1
     if recomputes_activations(model):
         return 1
-    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    rotary = getattr(getattr(base, "model", None), "rotary_emb", None)
     if getattr(rotary, "rope_type", "default") in ("dynamic", "longrope"):
         return 1
     return workers
@@ -48,26 +50,37 @@ def backward_in_streams(
 ) -> list[Any]:
     """Run each closure (returning ``(loss, info)``) and backpropagate its loss into ``params``'
     ``.grad``; return the infos in order. One closure runs on this thread with
-    ``loss.backward()``; several run in one thread each, their gradients summed into ``.grad``
-    in closure order."""
+    ``loss.backward()``; several run in one thread each, with this thread's intra-op threads
+    shared among them (at least one each), their gradients summed into ``.grad`` in closure
+    order, each shard's as soon as the shards before it are in."""
     if len(losses) == 1:
         loss, info = losses[0]()
         loss.backward()
         return [info]
+    threads = max(1, torch.get_num_threads() // len(losses))
 
     def run(closure):
-        torch.set_num_threads(1)  # this thread's OpenMP setting only
+        # torch's thread count is also a process-wide value: set here to what this thread was
+        # given, and put back below for the caller
+        torch.set_num_threads(threads)
         loss, info = closure()
         return torch.autograd.grad(loss, params, allow_unused=True), info
 
-    with ThreadPoolExecutor(len(losses)) as pool:
-        results = [future.result() for future in [pool.submit(run, c) for c in losses]]
-    for grads, _ in results:
-        for param, grad in zip(params, grads):
-            if grad is None:
-                continue
-            if param.grad is None:
-                param.grad = grad.clone(memory_format=torch.contiguous_format)
-            else:
-                param.grad.add_(grad)
-    return [info for _, info in results]
+    caller_threads = torch.get_num_threads()
+    infos = []
+    try:
+        with ThreadPoolExecutor(len(losses)) as pool:
+            for future in [pool.submit(run, closure) for closure in losses]:
+                grads, info = future.result()
+                infos.append(info)
+                for param, grad in zip(params, grads):
+                    if grad is None:
+                        continue
+                    if param.grad is None:
+                        param.grad = grad.clone(memory_format=torch.contiguous_format)
+                    else:
+                        param.grad.add_(grad)
+                del grads
+    finally:
+        torch.set_num_threads(caller_threads)
+    return infos
