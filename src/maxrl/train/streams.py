@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from maxrl.rollout.kv.sampler import rewrites_rope_frequencies
 from maxrl.train.logprobs import recomputes_activations
 
 
@@ -29,11 +30,7 @@ def update_workers(workers: int, model) -> int:
     embeddings that rewrite their frequencies during the forward."""
     if workers <= 1 or next(model.parameters()).device.type != "cpu":
         return 1
-    if recomputes_activations(model):
-        return 1
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
-    rotary = getattr(getattr(base, "model", None), "rotary_emb", None)
-    if getattr(rotary, "rope_type", "default") in ("dynamic", "longrope"):
+    if recomputes_activations(model) or rewrites_rope_frequencies(model):
         return 1
     return workers
 
@@ -57,7 +54,8 @@ def backward_in_streams(
         loss, info = losses[0]()
         loss.backward()
         return [info]
-    threads = max(1, torch.get_num_threads() // len(losses))
+    caller_threads = torch.get_num_threads()
+    threads = max(1, caller_threads // len(losses))
 
     def run(closure):
         # torch's thread count is also a process-wide value: set here to what this thread was
@@ -66,7 +64,6 @@ def backward_in_streams(
         loss, info = closure()
         return torch.autograd.grad(loss, params, allow_unused=True), info
 
-    caller_threads = torch.get_num_threads()
     infos = []
     try:
         with ThreadPoolExecutor(len(losses)) as pool:

@@ -31,9 +31,13 @@ def supports_fast_path(model) -> bool:
     return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
 
 
-def _rope_type(model) -> str:
-    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
-    return getattr(rotary, "rope_type", "default")
+def rewrites_rope_frequencies(model) -> bool:
+    """Whether the model's rotary embedding rewrites its frequencies during the forward
+    (``dynamic``, ``longrope``), so that two threads must not run its forward at once (a peft
+    wrapper is seen through to its base model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    rotary = getattr(getattr(base, "model", None), "rotary_emb", None)
+    return getattr(rotary, "rope_type", "default") in ("dynamic", "longrope")
 
 
 class KVCacheSampler:
@@ -118,8 +122,8 @@ class KVCacheSampler:
         if workers is None:
             cores = torch.get_num_threads() if device.type == "cpu" else 1
             workers = max(1, min(cores, batch // settings.min_rows_per_worker))
-        if _rope_type(model) in ("dynamic", "longrope"):
-            workers = 1  # these rotary embeddings rewrite their frequencies during forward
+        if rewrites_rope_frequencies(model):
+            workers = 1
         workers = min(workers, batch)
         seeds = torch.randint(2**62, (workers,), generator=generator).tolist()
         # rows in prompt order (a prompt's n rows together): shared prefixes and the rollouts of
